@@ -1,0 +1,25 @@
+# `make test` and `make train` work on a fresh machine: they create .venv/ when it is missing.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: test train lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	# torch first and pinned: the local CPU wheel; never let pip resolve it freely.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: lint
+	$(PY) -m pytest -q
+
+train: $(STAMP)
+	$(VENV)/bin/eanet train
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,76 @@
+"""The ``eanet`` command line.
+
+Each sub-command lives in its own module of this package and is attached to the group here.
+Every :class:`~eanet.errors.EanetError` (and a few expected OS errors) becomes one line on
+stderr and exit status 1: users never see a traceback for bad input.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from eanet.errors import EanetError
+
+# (module, attribute) of every sub-command; imported lazily so `eanet --help` stays fast.
+COMMANDS = {
+    "models": ("eanet.cli.models", "models_cmd"),
+    "summary": ("eanet.cli.models", "summary_cmd"),
+    "import-keras": ("eanet.cli.models", "import_keras_cmd"),
+    "data": ("eanet.cli.data", "data_group"),
+    "train": ("eanet.cli.train", "train_cmd"),
+    "evaluate": ("eanet.cli.evaluate", "evaluate_cmd"),
+    "predict": ("eanet.cli.evaluate", "predict_cmd"),
+    "compare": ("eanet.cli.compare", "compare_cmd"),
+    "export": ("eanet.cli.export", "export_cmd"),
+    "benchmark": ("eanet.cli.benchmark", "benchmark_cmd"),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(name for name in COMMANDS if self._find(name) is not None)
+
+    def get_command(self, ctx, name):
+        return self._find(name)
+
+    @staticmethod
+    def _find(name):
+        if name not in COMMANDS:
+            return None
+        module, attr = COMMANDS[name]
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ModuleNotFoundError, AttributeError):
+            return None  # a command whose module is not written yet
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="eanet")
+def cli():
+    """EANet: external attention for image classification."""
+
+
+def main(argv=None):
+    """Run the CLI; turn expected errors into one line and exit status 1."""
+    try:
+        status = cli.main(args=argv, prog_name="eanet", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except EanetError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+        click.echo(f"error: {exc.strerror or exc}: {exc.filename}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        sys.exit(130)
+    if isinstance(status, int) and status:
+        sys.exit(status)

@@ -1,0 +1,62 @@
+"""``eanet models``, ``eanet summary NAME`` and ``eanet import-keras``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from eanet.errors import EanetError
+from eanet.models import create_model, list_models, model_spec
+from eanet.models.inspect import count_macs, count_parameters, layer_table
+
+
+def _create(name: str):
+    try:
+        return create_model(name)
+    except ValueError as exc:
+        raise EanetError(str(exc)) from None
+
+
+@click.command("models")
+@click.argument("pattern", default="*")
+def models_cmd(pattern: str) -> None:
+    """List the registered models with parameters and multiply-adds per 32x32 image."""
+    names = list_models(pattern)
+    if not names:
+        raise EanetError(f"no registered model matches {pattern!r}")
+    click.echo(f"{'model':<16} {'params':>10} {'MACs/image':>12}  description")
+    for name in names:
+        model = _create(name)
+        click.echo(f"{name:<16} {count_parameters(model):>10,} {count_macs(model) / 1e6:>10.1f} M  "
+                   f"{model_spec(name).description}")
+
+
+@click.command("summary")
+@click.argument("name")
+def summary_cmd(name: str) -> None:
+    """Print the layer table of model NAME (output shape and parameters per layer)."""
+    model = _create(name)
+    rows = layer_table(model)
+    width = max(len(r[0]) for r in rows)
+    click.echo(f"{'layer':<{width}}  {'type':<18} {'output shape':<18} {'params':>9}")
+    for layer, kind, shape, params in rows:
+        click.echo(f"{layer:<{width}}  {kind:<18} {str(list(shape)):<18} {params:>9,}")
+    click.echo(f"trainable parameters: {count_parameters(model):,}   "
+               f"multiply-adds per image: {count_macs(model):,}")
+
+
+@click.command("import-keras")
+@click.argument("weights", type=click.Path(path_type=Path))
+@click.option("--model", "model_name", type=click.Choice(["eanet_keras", "vit_keras"]), default="eanet_keras",
+              show_default=True, help="which of the seed's models the weights belong to")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="folder to save the model in")
+def import_keras_cmd(weights: Path, model_name: str, out: Path) -> None:
+    """Import weights saved by the seed's Keras code (.weights.h5 or .keras) into a saved model."""
+    from eanet.keras_import import import_keras
+
+    if not weights.is_file():
+        raise EanetError(f"no such file: {weights}")
+    model = import_keras(weights, model=model_name)
+    model.save_pretrained(out)
+    click.echo(f"imported {weights} as {model_name} ({count_parameters(model):,} parameters) -> {out}")

@@ -1,0 +1,180 @@
+"""Token mixers: external attention (the paper's) and multi-head self-attention (the ViT baseline).
+
+Notation of Guo et al., "Beyond Self-attention: External Attention using Two Linear Layers for
+Visual Tasks" (2021):
+
+    F  in R^{N x d}   the input features: N tokens (pixels or patches) of d channels
+    M_k in R^{S x d}  the external *key* memory, S learnable units shared by every sample
+    M_v in R^{S x d}  the external *value* memory
+    A = Norm(F M_k^T) in R^{N x S}      attention of every token on every memory unit
+    F_out = A M_v                         features read back out of the memory
+
+``Norm`` is the paper's *double normalisation*: a softmax over the N tokens (so each memory unit
+distributes one unit of attention across the image), then an L1 normalisation over the S memory
+units (so each token's weights sum to one). Both memories are plain linear layers, so the cost is
+O(d * S * N): linear in the number of tokens, against O(d * N^2) for self-attention.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["ExternalAttention", "SelfAttention", "double_normalize"]
+
+
+def double_normalize(logits: torch.Tensor, *, token_dim: int, eps: float = 1e-9) -> torch.Tensor:
+    """The paper's double normalisation of ``F M_k^T``.
+
+    Softmax over the N tokens (``token_dim``), then division by ``eps + sum over S`` (the last
+    dimension). ``eps`` is the seed's 1e-9: it only guards against an all-zero row.
+    """
+    attn = logits.softmax(dim=token_dim)
+    return attn / (eps + attn.sum(dim=-1, keepdim=True))
+
+
+class ExternalAttention(nn.Module):
+    """External attention with two small learnable memories, multi-head, as in the EANet paper.
+
+    Works on tokens ``(B, N, C)`` or feature maps ``(B, C, H, W)`` (``N = H * W``) and returns the
+    same layout it was given. Step by step, for tokens ``x`` of shape ``(B, N, d)`` with
+    ``d = dim``:
+
+    1. ``x -> Linear(d, e*d)``: expand the channels by ``expansion`` (the seed's ``dim_coefficient``,
+       e = 4) and split them into ``num_heads`` heads of ``h = e*d / num_heads`` channels.
+    2. ``M_k = Linear(h, S)``: one key memory of S units shared by all heads; gives the
+       ``(B, N, heads, S)`` logits ``F M_k^T``.
+    3. Double normalisation (:func:`double_normalize`): softmax over the **N tokens**, then L1 over
+       the **S memory units** (plus 1e-9), so for every token and head the S weights sum to 1.
+    4. Dropout on the attention map (``attn_drop``).
+    5. ``M_v = Linear(S, h)``: the value memory reads ``h`` channels back per head.
+    6. Heads are merged back to ``e*d`` channels and ``Linear(e*d, d)`` projects to ``d``; then
+       dropout (``proj_drop``).
+
+    Cost per sample: the two memories take ``2 * N * (e*d) * S`` multiply-adds (steps 2 and 5), that
+    is O(d * S * N); the expansion and projection ``2 * N * e * d^2``. Every term is linear in N:
+    no N x N matrix is ever formed.
+
+    Everything is computed tokens-major, ``(B, N, heads, ·)``: the memories act on the last
+    dimension, so the multi-head split needs views only, never a transpose.
+
+    Args:
+        dim: channels d of the input and output.
+        expansion: channel expansion e before the heads are split (seed: 4).
+        num_heads: number of heads (seed: 16 = its ``num_heads * dim_coefficient``).
+        memory_size: S, memory units per head (seed: ``dim // expansion`` = 16; official EANet: 64).
+        memory_bias: whether M_k and M_v carry a bias (seed: True; the official single-head
+            module: False).
+        attn_drop: dropout on the normalised attention map (seed: 0.2).
+        proj_drop: dropout after the output projection (seed: 0.2).
+        eps: the L1 normalisation's guard (seed: 1e-9).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        expansion: int = 4,
+        num_heads: int = 16,
+        memory_size: int | None = None,
+        memory_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        eps: float = 1e-9,
+    ):
+        super().__init__()
+        inner = dim * expansion
+        if inner % num_heads:
+            raise ValueError(f"dim * expansion ({inner}) must be divisible by num_heads ({num_heads})")
+        self.dim, self.num_heads, self.eps = dim, num_heads, eps
+        self.head_dim = inner // num_heads
+        self.memory_size = memory_size if memory_size is not None else dim // expansion
+        self.expand = nn.Linear(dim, inner)
+        self.memory_k = nn.Linear(self.head_dim, self.memory_size, bias=memory_bias)  # M_k
+        self.memory_v = nn.Linear(self.memory_size, self.head_dim, bias=memory_bias)  # M_v
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(inner, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, *, return_attention: bool = False):
+        """Mix tokens through the memories.
+
+        Returns the output in the input's layout; with ``return_attention=True`` also the
+        attention map ``(B, N, num_heads, S)`` (after double normalisation, before dropout).
+        """
+        feature_map = x.dim() == 4
+        if feature_map:
+            b, c, h, w = x.shape
+            x = x.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, N, C)
+        elif x.dim() != 3:
+            raise ValueError(f"expected (B, N, C) tokens or a (B, C, H, W) map, got shape {tuple(x.shape)}")
+        batch, tokens, _ = x.shape
+        heads = self.expand(x).view(batch, tokens, self.num_heads, self.head_dim)
+        attn = double_normalize(self.memory_k(heads), token_dim=1, eps=self.eps)  # (B, N, H, S)
+        out = self.memory_v(self.attn_drop(attn)).reshape(batch, tokens, -1)
+        out = self.proj_drop(self.proj(out))
+        if feature_map:
+            out = out.transpose(1, 2).reshape(b, c, h, w)
+        return (out, attn) if return_attention else out
+
+
+class SelfAttention(nn.Module):
+    """Multi-head scaled dot-product self-attention, the ViT token mixer: O(d * N^2) per sample.
+
+    Matches Keras' ``MultiHeadAttention(num_heads, key_dim)`` used on ``(x, x)``: query, key and
+    value projections to ``num_heads * head_dim`` channels (``head_dim`` need not be
+    ``dim / num_heads``: the seed uses 4 heads of 64 on a width of 64), softmax of
+    ``q k^T / sqrt(head_dim)`` over the N keys, dropout on those probabilities, and an output
+    projection back to ``dim``. Keras' layer has no dropout after its projection; ``proj_drop``
+    defaults to 0 for that reason.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        num_heads: int = 4,
+        head_dim: int | None = None,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = head_dim if head_dim is not None else dim // num_heads
+        inner = num_heads * self.head_dim
+        self.qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(inner, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Glorot-uniform with the fans Keras computes for its 3-D einsum kernels: ``(d, heads,
+        head_dim)`` for q, k and v, ``(heads, head_dim, d)`` for the output; zero biases."""
+        dim, heads, hd = self.qkv.in_features, self.num_heads, self.head_dim
+        for weight, fan_in, fan_out in (
+            (self.qkv.weight, heads * dim, hd * dim),
+            (self.proj.weight, hd * heads, dim * heads),
+        ):
+            bound = (6.0 / (fan_in + fan_out)) ** 0.5
+            nn.init.uniform_(weight, -bound, bound)
+        for bias in (self.qkv.bias, self.proj.bias):
+            if bias is not None:
+                nn.init.zeros_(bias)
+
+    def forward(self, x: torch.Tensor, *, return_attention: bool = False):
+        """``x``: tokens ``(B, N, C)``. With ``return_attention=True`` also the ``(B, heads, N, N)``
+        probabilities (computed explicitly, so only for inspection)."""
+        batch, tokens, _ = x.shape
+        qkv = self.qkv(x).view(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
+        drop = self.attn_drop if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(batch, tokens, -1)))
+        if return_attention:
+            attn = (q @ k.transpose(-2, -1) * self.head_dim**-0.5).softmax(dim=-1)
+            return out, attn
+        return out

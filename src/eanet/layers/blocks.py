@@ -1,0 +1,86 @@
+"""The pre-norm transformer block shared by EANet and its ViT baseline, and its MLP."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from eanet.layers.attention import ExternalAttention, SelfAttention
+
+__all__ = ["Mlp", "DropPath", "Block", "make_mixer"]
+
+
+class Mlp(nn.Module):
+    """``Linear(d, hidden) -> GELU -> Dropout -> Linear(hidden, d) -> Dropout`` (the seed's ``mlp``).
+
+    ``approximate="tanh"`` is Keras' ``ops.gelu`` default and therefore the seed's.
+    """
+
+    def __init__(self, dim: int, *, hidden_dim: int, drop: float = 0.0, approximate: str = "tanh"):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU(approximate=approximate)
+        self.drop1 = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a residual branch for a random subset of samples while training."""
+
+    def __init__(self, prob: float = 0.0):
+        super().__init__()
+        self.prob = prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.prob == 0.0:
+            return x
+        keep = 1.0 - self.prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"prob={self.prob}"
+
+
+def make_mixer(kind: str, dim: int, **kwargs) -> nn.Module:
+    """The token mixer of a block: ``"external"`` (EANet) or ``"self"`` (ViT)."""
+    if kind == "external":
+        return ExternalAttention(dim, **kwargs)
+    if kind == "self":
+        return SelfAttention(dim, **kwargs)
+    raise ValueError(f"unknown attention {kind!r}: expected 'external' or 'self'")
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: ``x + mixer(LN(x))`` then ``x + MLP(LN(x))``.
+
+    ``mixer_kwargs`` go to :class:`ExternalAttention` or :class:`SelfAttention`. ``drop_path`` is
+    stochastic depth on both residual branches (0 in the seed).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        attention: str = "external",
+        mixer_kwargs: dict | None = None,
+        mlp_dim: int,
+        mlp_drop: float = 0.0,
+        drop_path: float = 0.0,
+        norm_eps: float = 1e-5,
+        act_approximate: str = "tanh",
+    ):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mixer = make_mixer(attention, dim, **(mixer_kwargs or {}))
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, hidden_dim=mlp_dim, drop=mlp_drop, approximate=act_approximate)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.mixer(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))

@@ -1,0 +1,186 @@
+"""EANet: a ViT-style classifier whose token mixer is external attention, and its ViT baseline.
+
+Read top to bottom, the forward pass is the Keras example's ``get_model``:
+
+    raw pixels (B, 3, 32, 32), 0-255
+      -> InputNormalize          per-channel (x - mean) / std, stats stored with the weights
+      -> PatchEmbed              2x2 patches -> N = 256 tokens of d = 64 channels
+         (+ learned position embedding, N x d)
+      -> depth x Block           pre-norm: x + mixer(LN(x)), x + MLP(LN(x))
+      -> [LayerNorm]             not in the seed (``final_norm=False``)
+      -> mean over the N tokens  GlobalAveragePooling1D
+      -> Linear(d, classes)      logits (the seed's softmax is left to the loss / the caller)
+
+``attention="external"`` gives EANet, ``attention="self"`` the ViT baseline "under the same
+conditions". Every constructor argument is JSON data: it is what ``config.json`` holds, and
+:func:`eanet.models.registry.create_model` builds the named variants from such dictionaries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
+
+from eanet.layers import Block, ConvStem, InputNormalize, PatchEmbed, SelfAttention
+
+__all__ = ["EANet", "CIFAR100_MEAN", "CIFAR100_STD"]
+
+# Per-channel mean and standard deviation of the 50,000 CIFAR-100 training images (0-255 scale);
+# the default input normalisation until a training run adapts it to its own training split.
+CIFAR100_MEAN = (129.3042, 124.0700, 112.4341)
+CIFAR100_STD = (68.1702, 65.3918, 70.4184)
+
+
+class EANet(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="eanet",
+    tags=["image-classification", "external-attention", "eanet"],
+    pipeline_tag="image-classification",
+    license="apache-2.0",
+    paper_url="https://arxiv.org/abs/2105.02358",
+):
+    """Patch (or conv) tokenizer, ``depth`` pre-norm blocks of external or self-attention, pooled head.
+
+    Args (keyword only; the defaults are the seed's EANet, ``eanet_keras``):
+        num_classes: classes of the linear head.
+        img_size, in_chans: input resolution and channels.
+        stem: ``"patch"`` (non-overlapping ``patch_size`` patches, the seed) or ``"conv"``
+            (a :class:`~eanet.layers.ConvStem` with ``stem_channels`` and ``stem_strides``).
+        embed_dim: token width d.
+        depth: number of blocks.
+        attention: ``"external"`` (EANet) or ``"self"`` (ViT).
+        num_heads: heads of the mixer (external: the seed's 4 x dim_coefficient = 16; self: 4).
+        expansion: external attention's channel expansion (the seed's ``dim_coefficient``).
+        memory_size: external attention's S (seed 16, official EANet 64).
+        memory_bias: bias on the memories M_k and M_v.
+        head_dim: self-attention's per-head width (seed: key_dim 64).
+        mlp_dim: hidden width of the MLP.
+        attn_drop, proj_drop, mlp_drop: the seed's dropouts (0.2 each; the seed's self-attention
+            has no projection dropout).
+        drop_path: stochastic depth rate of the last block (linear from 0 over the blocks).
+        pos_embed: learned position embedding (the seed's ``Embedding(N, d)``).
+        final_norm: LayerNorm before pooling (absent in the seed).
+        head_drop: dropout before the head.
+        norm_eps: LayerNorm epsilon (seed 1e-5).
+        act_approximate: GELU approximation, ``"tanh"`` (Keras' default, the seed) or ``"none"``.
+        input_mean, input_std: per-channel input normalisation on the 0-255 scale.
+        class_names: optional list of class names, saved in ``config.json`` for prediction.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int = 100,
+        img_size: int = 32,
+        in_chans: int = 3,
+        stem: str = "patch",
+        patch_size: int = 2,
+        stem_channels: Sequence[int] = (32, 64, 128),
+        stem_strides: Sequence[int] = (1, 2, 2),
+        embed_dim: int = 64,
+        depth: int = 8,
+        attention: str = "external",
+        num_heads: int = 16,
+        expansion: int = 4,
+        memory_size: int = 16,
+        memory_bias: bool = True,
+        head_dim: int | None = None,
+        mlp_dim: int = 64,
+        attn_drop: float = 0.2,
+        proj_drop: float = 0.2,
+        mlp_drop: float = 0.2,
+        drop_path: float = 0.0,
+        pos_embed: bool = True,
+        final_norm: bool = False,
+        head_drop: float = 0.0,
+        norm_eps: float = 1e-5,
+        act_approximate: str = "tanh",
+        input_mean: Sequence[float] = CIFAR100_MEAN,
+        input_std: Sequence[float] = CIFAR100_STD,
+        class_names: Sequence[str] | None = None,
+    ):
+        super().__init__()
+        self.num_classes, self.embed_dim, self.attention = num_classes, embed_dim, attention
+        self.img_size, self.in_chans = img_size, in_chans
+        self.class_names = list(class_names) if class_names is not None else None
+        self.normalize = InputNormalize(input_mean, input_std)
+        if stem == "patch":
+            self.stem = PatchEmbed(in_chans=in_chans, dim=embed_dim, patch_size=patch_size)
+        elif stem == "conv":
+            self.stem = ConvStem(in_chans=in_chans, dim=embed_dim, channels=stem_channels, strides=stem_strides)
+        else:
+            raise ValueError(f"unknown stem {stem!r}: expected 'patch' or 'conv'")
+        self.num_tokens = self.stem.grid(img_size) ** 2
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, embed_dim)) if pos_embed else None
+
+        if attention == "external":
+            mixer_kwargs = dict(expansion=expansion, num_heads=num_heads, memory_size=memory_size,
+                                memory_bias=memory_bias, attn_drop=attn_drop, proj_drop=proj_drop)
+        else:
+            mixer_kwargs = dict(num_heads=num_heads, head_dim=head_dim, attn_drop=attn_drop, proj_drop=proj_drop)
+        self.blocks = nn.Sequential(*[
+            Block(embed_dim, attention=attention, mixer_kwargs=mixer_kwargs, mlp_dim=mlp_dim, mlp_drop=mlp_drop,
+                  drop_path=drop_path * i / max(depth - 1, 1), norm_eps=norm_eps, act_approximate=act_approximate)
+            for i in range(depth)
+        ])
+        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps) if final_norm else nn.Identity()
+        self.head_drop = nn.Dropout(head_drop)
+        self.head = nn.Linear(embed_dim, num_classes)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Initialise as the seed's Keras layers are: Glorot-uniform kernels with zero biases, the
+        position embedding uniform in +-0.05 (Keras' ``Embedding``)."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for m in self.modules():
+            if isinstance(m, (PatchEmbed, SelfAttention)):
+                m.reset_parameters()
+        if self.pos_embed is not None:
+            nn.init.uniform_(self.pos_embed, -0.05, 0.05)
+
+    def set_input_stats(self, mean: Sequence[float], variance: Sequence[float]) -> None:
+        """Adapt the input normalisation to a training set, like Keras' ``Normalization.adapt``."""
+        self.normalize.set_stats(mean, variance)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw pixels ``(B, C, H, W)`` -> tokens ``(B, N, d)`` after the blocks (and the final norm)."""
+        x = self.stem(self.normalize(x))
+        if self.pos_embed is not None:
+            x = x + self.pos_embed
+        return self.norm(self.blocks(x))
+
+    def forward_head(self, x: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
+        """Tokens ``(B, N, d)`` -> pooled features ``(B, d)`` (``pre_logits``) or logits ``(B, classes)``."""
+        x = self.head_drop(x.mean(dim=1))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw pixels ``(B, C, H, W)`` (uint8 or float, 0-255) -> logits ``(B, num_classes)``."""
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the head with a fresh one for ``num_classes`` (0 gives an identity: features out)."""
+        self.num_classes = num_classes
+        self.class_names = None
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            nn.init.xavier_uniform_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+        config = getattr(self, "_hub_mixin_config", None)
+        if isinstance(config, dict):  # keep config.json in step with the new head
+            config.update(num_classes=num_classes, class_names=None)
