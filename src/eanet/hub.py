@@ -8,6 +8,8 @@ front door that also checks the folder and reports problems in one line.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -44,7 +46,8 @@ def load_model(model_dir: str | Path, *, map_location: str = "cpu") -> nn.Module
     if cls is None:
         raise EanetError(f"{model_dir}: unknown architecture {config.get('architecture')!r}")
     try:
-        model = cls.from_pretrained(str(model_dir), map_location=map_location)
+        with contextlib.redirect_stdout(io.StringIO()):  # the mixin prints a line on local loads
+            model = cls.from_pretrained(str(model_dir), map_location=map_location, strict=True)
     except Exception as exc:  # a damaged or mismatched file: say so in one line
         raise EanetError(f"cannot load the model in {model_dir}: {str(exc).splitlines()[0]}") from None
     return model.eval()

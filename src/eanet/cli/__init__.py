@@ -22,7 +22,7 @@ COMMANDS = {
     "data": ("eanet.cli.data", "data_group"),
     "train": ("eanet.cli.train", "train_cmd"),
     "evaluate": ("eanet.cli.evaluate", "evaluate_cmd"),
-    "predict": ("eanet.cli.evaluate", "predict_cmd"),
+    "predict": ("eanet.cli.predict", "predict_cmd"),
     "compare": ("eanet.cli.compare", "compare_cmd"),
     "export": ("eanet.cli.export", "export_cmd"),
     "benchmark": ("eanet.cli.benchmark", "benchmark_cmd"),
