@@ -16,9 +16,10 @@ from pathlib import Path
 from torch import nn
 
 from eanet.errors import EanetError
+from eanet.fileio import atomic_write_text
 from eanet.models import EANet
 
-__all__ = ["load_model", "read_config"]
+__all__ = ["load_model", "read_config", "write_model_card"]
 
 ARCHITECTURES = {"EANet": EANet}
 
@@ -51,3 +52,65 @@ def load_model(model_dir: str | Path, *, map_location: str = "cpu") -> nn.Module
     except Exception as exc:  # a damaged or mismatched file: say so in one line
         raise EanetError(f"cannot load the model in {model_dir}: {str(exc).splitlines()[0]}") from None
     return model.eval()
+
+
+def write_model_card(model_dir: str | Path, *, run_name: str, model_name: str, dataset: str, test_metrics: dict,
+                     config: dict, parameters: int, command: str) -> Path:
+    """``README.md`` in the Hugging Face format, its ``model-index`` holding the measured test metrics.
+
+    Accuracies are percentages rounded to two decimals, as the seed prints them.
+    """
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    def result(metric_type: str, name: str, value: float) -> EvalResult:
+        return EvalResult(task_type="image-classification", task_name="Image Classification",
+                          dataset_type=dataset, dataset_name=dataset.upper(), dataset_split="test",
+                          metric_type=metric_type, metric_name=name, metric_value=value)
+
+    top1, top5 = round(100 * test_metrics["top1"], 2), round(100 * test_metrics["top5"], 2)
+    data = ModelCardData(
+        model_name=run_name, library_name="eanet", license="apache-2.0", pipeline_tag="image-classification",
+        tags=["image-classification", "external-attention", "eanet", "pytorch"], datasets=[dataset],
+        metrics=["accuracy"],
+        eval_results=[result("accuracy", "Top-1 accuracy", top1), result("top-5 accuracy", "Top-5 accuracy", top5)],
+    )
+    settings = "\n".join(f"| `{k}` | `{v}` |" for k, v in config.items() if v not in (None, {}, []))
+    body = f"""
+# {run_name}
+
+`{model_name}` ({parameters:,} trainable parameters) trained on {dataset} with the `eanet` package:
+external attention (Guo et al., 2021, "Beyond Self-attention: External Attention using Two Linear
+Layers for Visual Tasks") in the Keras example's image classifier.
+
+## Results on the {dataset} test split
+
+| metric | value |
+|---|---|
+| top-1 accuracy | {top1:.2f}% |
+| top-5 accuracy | {top5:.2f}% |
+| loss | {test_metrics["loss"]:.4f} |
+
+Measured by evaluating these weights on all {test_metrics["count"]:,} test images after training
+(`eanet evaluate <this folder>` gives the same figures).
+
+## Use
+
+```python
+import eanet
+model = eanet.load_model("path/to/this/folder")   # takes raw 0-255 RGB pixels (B, 3, H, W)
+```
+
+or `eanet predict path/to/this/folder image.png`.
+
+## Training
+
+Command: `{command}`
+
+| setting | value |
+|---|---|
+{settings}
+"""
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+    path = Path(model_dir) / "README.md"
+    atomic_write_text(path, str(card))
+    return path

@@ -1,0 +1,94 @@
+"""``eanet compare``: EANet against ViT under identical settings, as one table and one plot."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import click
+import yaml
+
+from eanet.errors import EanetError
+from eanet.fileio import atomic_write_text
+
+
+def read_run(run_dir: Path) -> dict:
+    """The comparison row of a finished run folder."""
+    from eanet.hub import load_model
+    from eanet.models.inspect import count_macs, count_parameters
+
+    results_file = run_dir / "results.json"
+    if not results_file.is_file():
+        raise EanetError(f"{run_dir} is not a finished run (no results.json)")
+    results = json.loads(results_file.read_text())
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    history = [{k: float(v) if v not in ("", None) else None for k, v in row.items()}
+               for row in csv.DictReader((run_dir / "metrics.csv").open())]
+    model = load_model(run_dir)
+    return {
+        "run": str(run_dir), "model": config.get("model"), "attention": model.attention,
+        "parameters": count_parameters(model), "macs_per_image": count_macs(model),
+        "train_images_per_second": statistics.median(r["images_per_second"] for r in history),
+        "inference_images_per_second": results["test"].get("images_per_second"),
+        "test_top1": results["test"]["top1"], "test_top5": results["test"]["top5"],
+        "best_val_top1": max((r["val_top1"] for r in history if r.get("val_top1") is not None), default=None),
+        "epochs": len(history), "history": history,
+    }
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| model | attention | params | MACs/image | train img/s | inference img/s | test top-1 | test top-5 |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        infer = r["inference_images_per_second"]
+        lines.append(f"| {r['model']} | {r['attention']} | {r['parameters']:,} | {r['macs_per_image'] / 1e6:.1f} M | "
+                     f"{r['train_images_per_second']:.0f} | {infer:.0f} | "
+                     f"{100 * r['test_top1']:.2f}% | {100 * r['test_top5']:.2f}% |")
+    return "\n".join(lines)
+
+
+@click.command("compare", context_settings={"ignore_unknown_options": False})
+@click.argument("runs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--models", default="eanet_keras,vit_keras", show_default=True,
+              help="models to train under identical settings (when no RUNS are given)")
+@click.option("--recipe", help="recipe both models train with (default: keras-example)")
+@click.option("--epochs", type=int)
+@click.option("--max-steps", type=int)
+@click.option("--time-budget", type=float, help="minutes per model")
+@click.option("--batch-size", type=int)
+@click.option("--dataset")
+@click.option("--data-dir")
+@click.option("--seed", type=int)
+@click.option("--device")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]))
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="override any recipe field")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/compare"), show_default=True)
+@click.option("--quiet", is_flag=True)
+def compare_cmd(runs, models, recipe, sets, out, quiet, **options) -> None:
+    """Compare finished RUNS, or train each of --models with one recipe and compare them."""
+    from eanet.plots import plot_comparison
+
+    if not runs:
+        from eanet.cli.train import _parse_sets
+        from eanet.train.config import resolve_config
+        from eanet.train.trainer import train
+
+        overrides = {k: v for k, v in options.items() if v is not None}
+        overrides.update(_parse_sets(sets))
+        runs = []
+        for name in [m.strip() for m in models.split(",") if m.strip()]:
+            run_overrides = {**overrides, "model": name, "out": str(out / name), "log": "quiet" if quiet else None}
+            cfg = resolve_config(recipe or "keras-example", **run_overrides)
+            runs.append(train(cfg, command=f"eanet compare --models {models}").run_dir)
+    rows = [read_run(Path(r)) for r in runs]
+    out.mkdir(parents=True, exist_ok=True)
+    text = table(rows)
+    atomic_write_text(out / "compare.md", text + "\n")
+    atomic_write_text(out / "compare.json", json.dumps([{k: v for k, v in r.items() if k != "history"} for r in rows],
+                                                       indent=2) + "\n")
+    plot_comparison({f"{r['model']} ({Path(r['run']).name})": r["history"] for r in rows}, out / "compare.png",
+                    title="EANet vs ViT")
+    click.echo(text)
+    click.echo(f"\ntable: {out / 'compare.md'}   plot: {out / 'compare.png'}")

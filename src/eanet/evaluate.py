@@ -1,0 +1,79 @@
+"""Loss, top-1 and top-5 accuracy (as the seed reports them), and accuracy per coarse class."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["soft_cross_entropy", "topk_correct", "evaluate"]
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, *, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy against class indices ``(B,)`` or soft targets ``(B, K)`` (mixup/cutmix),
+    with Keras' label smoothing ``y (1 - e) + e / K``. Mean over the batch, computed in fp32."""
+    logits = logits.float()
+    if targets.dim() == 1:
+        return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+    if label_smoothing:
+        targets = targets * (1.0 - label_smoothing) + label_smoothing / logits.shape[-1]
+    return -(targets * logits.log_softmax(dim=-1)).sum(dim=-1).mean()
+
+
+def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> list[torch.Tensor]:
+    """Per-sample booleans: is the label among the ``k`` highest logits, for each ``k``."""
+    top = logits.topk(min(max(ks), logits.shape[-1]), dim=-1).indices
+    hits = top == labels[:, None]
+    return [hits[:, :k].any(dim=-1) for k in ks]
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    batch_size: int = 500,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    label_smoothing: float = 0.0,
+    coarse_labels: torch.Tensor | None = None,
+    coarse_names: Sequence[str] | None = None,
+) -> dict:
+    """Evaluate ``model`` on uint8 ``images`` ``(N, 3, H, W)`` with int ``labels``, in eval mode.
+
+    Returns ``loss`` (mean cross-entropy, with ``label_smoothing`` as in training, like Keras),
+    ``top1``, ``top5`` (fractions), ``count``, ``images_per_second`` (inference speed), and with
+    ``coarse_labels`` a ``per_coarse`` dict of top-1 accuracy per coarse class.
+    """
+    was_training = model.training
+    model.eval()
+    device = torch.device(device)
+    total_loss, correct1, correct5 = 0.0, 0, 0
+    hits_all = []
+    start_time = time.perf_counter()
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size].to(device, non_blocking=True)
+        y = labels[start:start + batch_size].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits = model(x)
+        total_loss += soft_cross_entropy(logits, y, label_smoothing=label_smoothing).item() * len(y)
+        top1, top5 = topk_correct(logits, y)
+        correct1 += int(top1.sum())
+        correct5 += int(top5.sum())
+        hits_all.append(top1.cpu())
+    seconds = time.perf_counter() - start_time
+    model.train(was_training)
+    count = len(images)
+    result = {"loss": total_loss / count, "top1": correct1 / count, "top5": correct5 / count, "count": count,
+              "images_per_second": count / seconds}
+    if coarse_labels is not None:
+        hits = torch.cat(hits_all).float()
+        names = coarse_names or [str(i) for i in range(int(coarse_labels.max()) + 1)]
+        result["per_coarse"] = {
+            name: float(hits[coarse_labels == i].mean()) for i, name in enumerate(names) if (coarse_labels == i).any()
+        }
+    return result

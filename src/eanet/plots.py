@@ -1,0 +1,65 @@
+"""The seed's training curves (train vs validation loss) with the accuracy curves beside them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+
+__all__ = ["plot_curves", "plot_comparison"]
+
+
+def _axes(title: str):
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig.suptitle(title, fontsize=13)
+    loss_ax.set(xlabel="Epochs", ylabel="Loss", title="Train and Validation Losses Over Epochs")
+    acc_ax.set(xlabel="Epochs", ylabel="Accuracy (%)", title="Top-1 and Top-5 Accuracy")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(True, alpha=0.4)
+    return fig, loss_ax, acc_ax
+
+
+def _curve(ax, rows, key, label, **style):
+    points = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
+    if points:
+        xs, ys = zip(*points, strict=True)
+        scale = 100.0 if "top" in key else 1.0
+        ax.plot(xs, [y * scale for y in ys], label=label, marker="o" if len(xs) < 20 else None, ms=3, **style)
+
+
+def _save(fig, path: Path) -> None:
+    for ax in fig.axes:
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def plot_curves(history: Sequence[Mapping], path: Path, *, title: str = "") -> None:
+    """``curves.png``: loss (train, val) on the left as in the seed, top-1/top-5 on the right."""
+    fig, loss_ax, acc_ax = _axes(title)
+    _curve(loss_ax, history, "train_loss", "train_loss")
+    _curve(loss_ax, history, "val_loss", "val_loss")
+    for key, style in (("train_top1", "-"), ("val_top1", "-"), ("train_top5", "--"), ("val_top5", "--")):
+        _curve(acc_ax, history, key, key, linestyle=style)
+    _save(fig, path)
+
+
+def plot_comparison(histories: Mapping[str, Sequence[Mapping]], path: Path, *, title: str = "") -> None:
+    """One overlay of several runs: validation loss and validation top-1 per epoch."""
+    fig, loss_ax, acc_ax = _axes(title)
+    for i, (name, rows) in enumerate(histories.items()):
+        color = f"C{i}"
+        _curve(loss_ax, rows, "train_loss", f"{name} train", color=color, linestyle="--")
+        _curve(loss_ax, rows, "val_loss", f"{name} val", color=color)
+        _curve(acc_ax, rows, "val_top1", f"{name} val top-1", color=color)
+        _curve(acc_ax, rows, "val_top5", f"{name} val top-5", color=color, linestyle="--")
+    _save(fig, path)

@@ -1,0 +1,394 @@
+"""The training loop, top to bottom: data, model, optimizer, epochs, checkpoints, final report.
+
+One function, :func:`train`, runs a :class:`~eanet.train.config.TrainConfig` and leaves a complete
+run folder::
+
+    runs/<name>/
+      config.yaml            the resolved configuration (every field)
+      metrics.csv            one row per epoch: train/val loss, top-1, top-5, lr, seconds, images/s
+      tensorboard/           TensorBoard event files
+      curves.png             the seed's loss plot with the accuracy curves beside it
+      checkpoint-last.pt     full state for --resume (written atomically, also within epochs)
+      checkpoint-best.pt     the best validation top-1 so far
+      model.safetensors      final weights (EMA weights when EMA is on)
+      config.json            model configuration: eanet.load_model(run folder) works
+      README.md              model card whose model-index holds the measured test metrics
+      results.json           the test metrics and run summary
+
+Exact resume: the data order depends only on (seed, epoch), and every other random number (dropout,
+augmentation) comes from torch's global generator, whose state is saved in each checkpoint along
+with the model, optimizer, EMA, schedule, and the running sums of the epoch in progress.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from eanet.augment import build_augmentation
+from eanet.data import DeviceLoader, channel_stats, load_dataset
+from eanet.errors import EanetError
+from eanet.evaluate import evaluate, soft_cross_entropy, topk_correct
+from eanet.fileio import atomic_write_text
+from eanet.hub import write_model_card
+from eanet.models import create_model
+from eanet.models.inspect import count_parameters
+from eanet.plots import plot_curves
+from eanet.train.checkpoint import load_checkpoint, save_checkpoint
+from eanet.train.config import TrainConfig
+from eanet.train.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    broadcast_from_main,
+    cleanup,
+    pick_device,
+    setup_distributed,
+)
+from eanet.train.schedule import learning_rate
+
+__all__ = ["train", "RunResult", "CSV_COLUMNS", "default_run_dir"]
+
+CSV_COLUMNS = ["epoch", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5",
+               "lr", "seconds", "images_per_second"]
+CALIBRATION_STEPS = 8  # steps timed (after 2 warm-up steps) to fit a --time-budget
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    test: dict
+    history: list = field(default_factory=list)
+
+
+def default_run_dir(cfg: TrainConfig, root: str | Path = "runs") -> Path:
+    """``runs/<recipe>-<model>-s<seed>``, with ``-2``, ``-3``... when that folder is taken."""
+    base = Path(root) / f"{cfg.recipe}-{cfg.model}-s{cfg.seed}"
+    path, n = base, 1
+    while path.exists() and any(path.iterdir()):
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+class Logger:
+    """Progress bars and the per-epoch summary line (``progress``), nothing (``quiet``), or JSON lines."""
+
+    def __init__(self, mode: str, enabled: bool):
+        self.mode, self.enabled = mode, enabled
+
+    def bar(self, total: int, initial: int, desc: str):
+        return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True,
+                    disable=not (self.enabled and self.mode == "progress"), file=sys.stderr)
+
+    def info(self, text: str) -> None:
+        if self.enabled and self.mode == "progress":
+            tqdm.write(text, file=sys.stderr)
+
+    def event(self, kind: str, payload: dict, text: str) -> None:
+        if not self.enabled or self.mode == "quiet":
+            return
+        if self.mode == "jsonl":
+            print(json.dumps({"event": kind, **payload}), flush=True)
+        else:
+            tqdm.write(text, file=sys.stdout)
+
+
+def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """Keras' AdamW decays every variable; ``decay_norm_and_bias=False`` exempts biases, norms and
+    the position embedding (all parameters with fewer than 2 dimensions, or named ``pos_embed``)."""
+    if cfg.decay_norm_and_bias:
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "pos_embed" in name else decay).append(p)
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _write_history(run_dir: Path, history: list[dict], title: str) -> None:
+    lines = [",".join(CSV_COLUMNS)]
+    for row in history:
+        lines.append(",".join("" if row.get(c) is None else f"{row[c]:.6g}" for c in CSV_COLUMNS))
+    atomic_write_text(run_dir / "metrics.csv", "\n".join(lines) + "\n")
+    plot_curves(history, run_dir / "curves.png", title=title)
+
+
+def _summary_line(row: dict, epochs: int) -> str:
+    text = (f"Epoch {row['epoch']}/{epochs} - {row['seconds']:.0f}s {row['images_per_second']:.0f} img/s - "
+            f"loss: {row['train_loss']:.4f} - accuracy: {row['train_top1']:.4f} - "
+            f"top-5-accuracy: {row['train_top5']:.4f}")
+    if row.get("val_loss") is not None:
+        text += (f" - val_loss: {row['val_loss']:.4f} - val_accuracy: {row['val_top1']:.4f} - "
+                 f"val_top-5-accuracy: {row['val_top5']:.4f}")
+    return text + f" - lr: {row['lr']:.2e}"
+
+
+def train(cfg: TrainConfig, *, resume: str | Path | None = None, command: str = "") -> RunResult:
+    """Run ``cfg`` (or continue the run in folder ``resume``) and return the run folder and test metrics."""
+    device = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    dist_info = setup_distributed(device)
+    try:
+        return _train(cfg, device, dist_info, resume=resume, command=command)
+    finally:
+        cleanup(dist_info)
+
+
+def _train(cfg: TrainConfig, device: torch.device, info: DistInfo, *, resume, command: str) -> RunResult:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    log = Logger(cfg.log, info.is_main)
+
+    # ---- the run folder and, when resuming, the saved state
+    state = None
+    if resume is not None:
+        run_dir = Path(resume)
+        state = load_checkpoint(run_dir / "checkpoint-last.pt")
+    else:
+        run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
+        if info.is_main and (run_dir / "checkpoint-last.pt").exists():
+            raise EanetError(f"{run_dir} already holds a run: continue it with --resume {run_dir} or pick --out")
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    # ---- data, held as uint8 tensors on the training device
+    torch.manual_seed(cfg.seed)
+    ds = load_dataset(cfg.dataset, data_dir=cfg.data_dir, val_fraction=cfg.val_fraction,
+                      progress=cfg.log == "progress" and info.is_main)
+    per_rank_batch = cfg.batch_size // info.world_size
+    if per_rank_batch * info.world_size != cfg.batch_size:
+        raise EanetError(f"batch size {cfg.batch_size} is not divisible by {info.world_size} processes")
+    loader = DeviceLoader(ds.train, batch_size=cfg.batch_size, shuffle=True, drop_last=False, seed=cfg.seed,
+                          device=device, rank=info.rank, world_size=info.world_size)
+    steps_per_epoch = len(loader)
+    augment = build_augmentation(cfg.augment, image_size=ds.train.images.shape[-1], num_classes=ds.num_classes,
+                                 mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha,
+                                 mix_prob=cfg.mix_prob, erasing_prob=cfg.erasing_prob)
+
+    # ---- model (input normalisation adapted to the training split, like Keras' Normalization.adapt)
+    model = create_model(cfg.model, num_classes=ds.num_classes, img_size=ds.train.images.shape[-1],
+                         class_names=list(ds.classes), **cfg.model_args)
+    model.set_input_stats(*channel_stats(ds.train.images))
+    model.to(device)
+    params = count_parameters(model)
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps,
+                                  weight_decay=cfg.weight_decay)
+    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+           if cfg.ema_decay else None)
+    forward = torch.compile(model) if cfg.compile else model
+    if info.enabled:
+        forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
+
+    # ---- schedule: total steps from epochs (or fitted to --time-budget after CALIBRATION_STEPS)
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    warmup_fraction = cfg.warmup_epochs / cfg.epochs
+    epoch, start_step, global_step, best_top1, history, elapsed = 0, 0, 0, -1.0, [], 0.0
+    sums = [0.0, 0.0, 0.0, 0.0]  # loss * n, top-1 hits, top-5 hits, n of the epoch in progress
+    epoch_seconds = 0.0
+    calibrated = cfg.time_budget is None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        epoch, start_step, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
+        total_steps, best_top1, history = state["total_steps"], state["best_top1"], state["history"]
+        sums, epoch_seconds, elapsed, calibrated = state["sums"], state["epoch_seconds"], state["elapsed"], True
+        torch.set_rng_state(state["rng_cpu"])
+        if device.type == "cuda" and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(state["rng_cuda"], device)
+        log.info(f"resuming {run_dir} at epoch {epoch + 1}, step {start_step} of {steps_per_epoch}")
+    writer = None
+    if info.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=global_step if state else None)
+
+    def checkpoint(path_name: str, step_in_epoch: int) -> None:
+        save_checkpoint(run_dir / path_name, {
+            "config": cfg.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None,
+            "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step, "total_steps": total_steps,
+            "best_top1": best_top1, "history": history, "sums": sums, "epoch_seconds": epoch_seconds,
+            "elapsed": elapsed, "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        })
+
+    log.info(f"run folder {run_dir} | {cfg.model} ({params:,} parameters) | {cfg.dataset}: "
+             f"{len(ds.train):,} train, {len(ds.val) if ds.val is not None else 0:,} val, {len(ds.test):,} test "
+             f"| {device} x{info.world_size} | {steps_per_epoch} steps/epoch")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    budget_seconds = cfg.time_budget * 60.0 if cfg.time_budget else None
+    run_start = time.perf_counter() - elapsed
+    calibration_start = None
+    lr = cfg.lr
+    stop = False
+
+    # ---- the epochs
+    while epoch * steps_per_epoch < total_steps and not stop:
+        model.train()
+        epoch_steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
+        bar = log.bar(epoch_steps, start_step, f"epoch {epoch + 1}")
+        tick = last_checkpoint = epoch_start = time.perf_counter()
+        epoch_first_step, val_seconds = global_step, 0.0
+        for step, (images, labels) in enumerate(loader.epoch(epoch, start_step=start_step), start=start_step):
+            if step >= epoch_steps:
+                break
+            lr = learning_rate(global_step, base_lr=cfg.lr, total_steps=total_steps, schedule=cfg.schedule,
+                               warmup_steps=round(warmup_fraction * total_steps), min_lr=cfg.min_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            inputs, targets = augment(images.float(), labels)
+            with autocast:
+                logits = forward(inputs)
+            loss = soft_cross_entropy(logits, targets, label_smoothing=cfg.label_smoothing)
+            if not torch.isfinite(loss):
+                raise EanetError(f"the loss became {loss.item()} at epoch {epoch + 1}, step {step}: training "
+                                 f"stopped; the last good checkpoint is {run_dir / 'checkpoint-last.pt'}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            if ema is not None:
+                ema.update_parameters(model)
+            global_step += 1
+
+            # running metrics of the epoch (summed over processes)
+            top1, top5 = topk_correct(logits.detach(), labels)
+            n = len(labels)
+            batch_sums = all_reduce_sum([loss.item() * n, float(top1.sum()), float(top5.sum()), float(n)],
+                                        info, device)
+            sums = [a + b for a, b in zip(sums, batch_sums, strict=True)]
+            now = time.perf_counter()
+            epoch_seconds += now - tick
+            tick, elapsed = now, now - run_start
+            bar.update(1)
+            bar.set_postfix(loss=f"{sums[0] / sums[3]:.3f}", acc=f"{sums[1] / sums[3]:.3f}",
+                            img_s=f"{sums[3] / max(epoch_seconds, 1e-9):.0f}", refresh=False)
+            if writer is not None and global_step % 50 == 0:
+                writer.add_scalar("train/step_loss", loss.item(), global_step)
+
+            # --time-budget: time CALIBRATION_STEPS steps after 2 warm-up steps, then fit the schedule
+            if budget_seconds is not None and not calibrated:
+                if global_step == 2:
+                    calibration_start = now
+                elif global_step == 2 + CALIBRATION_STEPS:
+                    # first estimate: evaluation (forward only) costs about a third of a training step per image
+                    per_step = (now - calibration_start) / CALIBRATION_STEPS
+                    per_image_eval = per_step / cfg.batch_size / 3
+                    val_seconds = (len(ds.val) if ds.val is not None else 0) * per_image_eval
+                    total_steps = _fit_to_budget(budget_seconds, elapsed, per_step + val_seconds / steps_per_epoch,
+                                                 len(ds.test) * per_image_eval + 5.0, global_step, cfg.max_steps)
+                    total_steps = int(broadcast_from_main([total_steps], info, device)[0])
+                    calibrated = True
+                    epoch_steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
+                    bar.total = epoch_steps
+                    log.info(f"time budget {cfg.time_budget:g} min: {total_steps} steps "
+                             f"({total_steps / steps_per_epoch:.1f} epochs)")
+            if budget_seconds is not None and elapsed > budget_seconds * 0.97:
+                stop = True  # out of time: finish now, leave the tail of the schedule unused
+            if cfg.max_steps and global_step >= cfg.max_steps:
+                stop = True
+            if stop:
+                break
+            if info.is_main and now - last_checkpoint >= cfg.checkpoint_seconds and step + 1 < epoch_steps:
+                checkpoint("checkpoint-last.pt", step + 1)
+                last_checkpoint = time.perf_counter()
+        bar.close()
+
+        # ---- end of epoch: validate, record, checkpoint
+        row = {"epoch": epoch + 1, "train_loss": sums[0] / sums[3], "train_top1": sums[1] / sums[3],
+               "train_top5": sums[2] / sums[3], "lr": lr, "seconds": epoch_seconds,
+               "images_per_second": sums[3] / max(epoch_seconds, 1e-9)}
+        if info.is_main and ds.val is not None:
+            val = evaluate(ema.module if ema is not None else model, ds.val.images, ds.val.labels,
+                           batch_size=cfg.eval_batch_size, device=device, precision=cfg.precision,
+                           label_smoothing=cfg.label_smoothing)
+            row.update(val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"])
+            val_seconds = val["count"] / val["images_per_second"]
+        barrier(info)
+        history.append(row)
+        log.event("epoch", row, _summary_line(row, math.ceil(total_steps / steps_per_epoch)))
+        epoch, start_step = epoch + 1, 0
+        sums, epoch_seconds = [0.0, 0.0, 0.0, 0.0], 0.0
+        elapsed = time.perf_counter() - run_start
+        if info.is_main:
+            _write_history(run_dir, history, f"{cfg.model} on {cfg.dataset} ({cfg.recipe})")
+            for key, value in row.items():
+                if key != "epoch" and value is not None:
+                    writer.add_scalar(f"epoch/{key}", value, epoch)
+            writer.flush()
+            if row.get("val_top1", -1.0) > best_top1:
+                best_top1 = row["val_top1"]
+                checkpoint("checkpoint-best.pt", 0)
+            checkpoint("checkpoint-last.pt", 0)
+        if budget_seconds is not None and epoch == 1 and not stop and state is None:
+            # refit once the first epoch shows the real cost per step, end-of-epoch work included
+            per_step = (time.perf_counter() - epoch_start) / (global_step - epoch_first_step)
+            test_seconds = val_seconds * len(ds.test) / len(ds.val) if ds.val is not None else 10 * per_step
+            elapsed = time.perf_counter() - run_start
+            total_steps = _fit_to_budget(budget_seconds, elapsed, per_step, test_seconds + 5.0, global_step,
+                                         cfg.max_steps)
+            total_steps = int(broadcast_from_main([total_steps], info, device)[0])
+
+    # ---- the final model: saved in the Hugging Face layout, evaluated on the test split
+    final = ema.module if ema is not None else model
+    test = {}
+    if info.is_main:
+        _save_model(final, run_dir)
+        test = evaluate(final, ds.test.images, ds.test.labels, batch_size=cfg.eval_batch_size, device=device,
+                        precision=cfg.precision, label_smoothing=cfg.label_smoothing,
+                        coarse_labels=ds.test.coarse_labels, coarse_names=ds.coarse_classes)
+        write_model_card(run_dir, run_name=run_dir.name, model_name=cfg.model, dataset=cfg.dataset,
+                         test_metrics=test, config=cfg.to_dict(), parameters=params,
+                         command=command or "eanet train")
+        summary = {"run_dir": str(run_dir), "model": cfg.model, "parameters": params, "epochs": len(history),
+                   "steps": global_step, "train_seconds": round(elapsed, 1),
+                   "test": {k: v for k, v in test.items() if k != "per_coarse"}}
+        atomic_write_text(run_dir / "results.json", json.dumps({**summary, "test": test}, indent=2) + "\n")
+        writer.add_scalar("test/top1", test["top1"], global_step)
+        writer.add_scalar("test/top5", test["top5"], global_step)
+        writer.close()
+        log.event("done", summary, f"Test loss: {test['loss']:.2f}\nTest accuracy: {100 * test['top1']:.2f}%\n"
+                                    f"Test top 5 accuracy: {100 * test['top5']:.2f}%\nRun folder: {run_dir}")
+    barrier(info)
+    return RunResult(run_dir=run_dir, test=test, history=history)
+
+
+def _fit_to_budget(budget_seconds: float, elapsed: float, seconds_per_step: float, final_seconds: float,
+                   global_step: int, max_steps: int | None) -> int:
+    """Total optimizer steps that fit in ``budget_seconds``: the steps already done plus as many more
+    as the time left (less ``final_seconds`` for the test evaluation and saving) allows at
+    ``seconds_per_step`` (training plus its share of the per-epoch validation)."""
+    remaining = budget_seconds - elapsed - final_seconds
+    steps = global_step + int(max(0.0, remaining) / seconds_per_step)
+    if max_steps:
+        steps = min(steps, max_steps)
+    return max(steps, global_step + 1)
+
+
+def _save_model(model: nn.Module, run_dir: Path) -> None:
+    """``model.safetensors`` + ``config.json``, written in a scratch folder and renamed into place."""
+    scratch = run_dir / ".model-tmp"
+    shutil.rmtree(scratch, ignore_errors=True)
+    model.save_pretrained(scratch)
+    for name in ("config.json", "model.safetensors"):
+        os.replace(scratch / name, run_dir / name)
+    shutil.rmtree(scratch, ignore_errors=True)

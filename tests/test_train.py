@@ -1,0 +1,158 @@
+"""`eanet train`: the run folder, exact resume after SIGKILL, non-finite loss, time budget, evaluate."""
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+from trainhelp import TINY, env, run_cli, weights
+
+import eanet
+from eanet.cli import main
+from eanet.train.checkpoint import load_checkpoint
+from eanet.train.trainer import CSV_COLUMNS
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EANET_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("EANET_DATA_DIR", raising=False)
+
+
+def test_run_folder_has_every_file(tmp_path, cache, capsys):
+    run = tmp_path / "run"
+    main(["train", *TINY, "--epochs", "2", "--out", str(run), "--quiet"])
+    for name in ("config.yaml", "metrics.csv", "curves.png", "checkpoint-last.pt", "checkpoint-best.pt",
+                 "model.safetensors", "config.json", "README.md", "results.json"):
+        assert (run / name).is_file(), name
+    assert not list(run.glob(".*tmp*")), "temporary files left behind"
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["dataset"] == "synthetic" and config["model_args"]["depth"] == 1 and config["lr"] == 0.001
+
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert list(rows[0]) == CSV_COLUMNS and [r["epoch"] for r in rows] == ["1", "2"]
+    for row in rows:
+        assert all(row[c] != "" for c in CSV_COLUMNS)
+        assert 0 <= float(row["val_top1"]) <= float(row["val_top5"]) <= 1
+        assert float(row["images_per_second"]) > 0
+
+    with Image.open(run / "curves.png") as img:
+        assert img.size[0] > 400 and img.size[1] > 200
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert {"epoch/train_loss", "epoch/val_top1", "test/top1"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("epoch/val_loss")] == [1, 2]
+
+    model = eanet.load_model(run)
+    assert model.class_names[:2] == ["class_0", "class_1"] and model.num_classes == 10
+
+    # the model card's model-index holds the test metrics that `eanet evaluate` measures
+    card = (run / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---")[1])
+    metrics = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    task = meta["model-index"][0]["results"][0]
+    assert task["task"]["type"] == "image-classification" and task["dataset"]["type"] == "synthetic"
+    capsys.readouterr()
+    main(["evaluate", str(run), "--json"])
+    evaluated = json.loads(capsys.readouterr().out)
+    assert metrics["accuracy"] == round(100 * evaluated["top1"], 2)
+    assert metrics["top-5 accuracy"] == round(100 * evaluated["top5"], 2)
+    results = json.loads((run / "results.json").read_text())
+    assert results["test"]["top1"] == evaluated["top1"] and results["test"]["loss"] == pytest.approx(
+        evaluated["loss"], rel=1e-6)
+
+
+def test_training_learns_the_synthetic_classes(tmp_path, cache):
+    run = tmp_path / "run"
+    main(["train", *TINY, "--epochs", "4", "--augment", "none", "--out", str(run), "--quiet", "--lr", "3e-3"])
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert json.loads((run / "results.json").read_text())["test"]["top1"] > 0.3  # chance is 0.1
+
+
+def test_resume_after_sigkill_gives_the_same_weights(tmp_path):
+    args = [*TINY, "--epochs", "3", "--set", "checkpoint_seconds=0", "--quiet",
+            "--set", "model_args.depth=2", "--set", "model_args.embed_dim=32"]
+    straight = tmp_path / "straight"
+    assert run_cli(["train", *args, "--out", str(straight)], tmp_path).returncode == 0
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "eanet", "train", *args, "--out", str(killed)],
+                            env=env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    step = 0
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            state = load_checkpoint(killed / "checkpoint-last.pt")
+            step = state["global_step"]
+        except eanet.EanetError:
+            pass
+        if step >= 13 and state["step_in_epoch"] > 0:  # inside the second epoch
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (killed / "model.safetensors").exists()
+
+    resumed = run_cli(["train", "--resume", str(killed), "--quiet"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = weights(straight), weights(killed)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert (straight / "metrics.csv").read_text().count("\n") == (killed / "metrics.csv").read_text().count("\n")
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, cache, monkeypatch):
+    import eanet.train.trainer as trainer
+
+    calls = {"n": 0}
+    real = trainer.soft_cross_entropy
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 15 else loss
+
+    monkeypatch.setattr(trainer, "soft_cross_entropy", poisoned)
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", *TINY, "--epochs", "3", "--out", str(run), "--quiet", "--set", "checkpoint_seconds=0"])
+    assert exit_info.value.code == 1
+    state = load_checkpoint(run / "checkpoint-last.pt")
+    assert state["global_step"] == 14
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert not (run / "model.safetensors").exists()
+
+
+def test_time_budget_fits_the_schedule_and_ends_on_time(tmp_path, cache):
+    run = tmp_path / "run"
+    budget_minutes = 0.25
+    start = time.perf_counter()
+    main(["train", *TINY, "--epochs", "1000", "--time-budget", str(budget_minutes), "--out", str(run), "--quiet",
+          "--schedule", "cosine"])
+    took = time.perf_counter() - start
+    state = load_checkpoint(run / "checkpoint-last.pt")
+    assert state["total_steps"] < 1000 * 10  # fitted, not the recipe's 1,000 epochs
+    assert took < budget_minutes * 60 * 1.25 + 5  # plus data loading and start-up
+    assert state["global_step"] >= 0.8 * state["total_steps"]  # and the fitted schedule was mostly used
+
+
+def test_bad_options_give_one_line_errors(tmp_path):
+    result = run_cli(["train", "--recipe", "no-such-recipe"], tmp_path)
+    assert result.returncode == 1 and result.stderr.strip().startswith("error: no recipe")
+    assert "Traceback" not in result.stderr
+    result = run_cli(["train", "--resume", str(tmp_path / "nothing-here")], tmp_path)
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    result = run_cli(["train", *TINY, "--set", "no_such_field=1"], tmp_path)
+    assert result.returncode == 1 and "unknown field" in result.stderr
