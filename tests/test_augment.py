@@ -10,8 +10,7 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
-from eanet.augment import AugmentationError, build_augmentation, list_policies
-from eanet.augment import autoaug, keras
+from eanet.augment import AugmentationError, autoaug, build_augmentation, keras, list_policies
 from eanet.augment.geometry import RandomCrop, rotation_matrices, warp
 from eanet.errors import EanetError
 
@@ -82,7 +81,7 @@ def test_random_crop_is_a_window_of_the_zero_padded_image():
 def test_flip_crop_flips_about_half():
     torch.manual_seed(0)
     x = _images(200, 8, 8)
-    out, _ = build_augmentation("flip-crop", padding=0)(x, torch.zeros(200, dtype=torch.int64))
+    out, _ = build_augmentation("flip-crop", image_size=8, padding=0)(x, torch.zeros(200, dtype=torch.int64))
     flipped = [torch.equal(out[i], x[i].flip(-1)) for i in range(200)]
     kept = [torch.equal(out[i], x[i]) for i in range(200)]
     assert all(f or k for f, k in zip(flipped, kept, strict=True))
@@ -124,8 +123,9 @@ def test_keras_contrast_is_per_image_per_channel_and_not_clipped():
     out = keras.KerasPolicy(flip=False, rotation=0, zoom=0)(x)
     mean = x.mean(dim=(2, 3), keepdim=True)
     factor = (out - mean) / (x - mean)
-    per_image = factor[:, :1, :1, :1]
-    assert torch.allclose(factor, per_image.expand_as(factor), atol=1e-3)  # one factor per image
+    per_image = factor[:, :1, :1, :1]  # pixel (0, 0) is 0, far from the mean
+    away = (x - mean).abs() > 5
+    assert torch.allclose(factor[away], per_image.expand_as(factor)[away], atol=1e-3)  # one factor per image
     assert per_image.min() >= 0.9 - 1e-4 and per_image.max() <= 1.1 + 1e-4
     assert out.min() < 0 and out.max() > 255  # no clipping
 
@@ -174,7 +174,7 @@ def _pil(x: torch.Tensor) -> Image.Image:
 
 
 def _back(image: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(image)).permute(2, 0, 1).float()
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).float()
 
 
 @pytest.mark.parametrize(
@@ -191,10 +191,12 @@ def _back(image: Image.Image) -> torch.Tensor:
     ],
 )
 def test_colour_ops_match_pil(op, magnitude, reference, tolerance):
-    x = _images(3, 12, 12, seed=4)
-    x[1] = x[1] * 0.3 + 60  # a low-contrast image, where autocontrast and equalize matter
-    out = op(x, torch.full((3,), float(magnitude)))
-    for i in range(3):
+    x = _images(4, 32, 32, seed=4)
+    x[1] = (x[1] * 0.3 + 60).round()  # a low-contrast image, where autocontrast and equalize matter
+    x[2, :, :20] = 0  # skewed histogram
+    x[3] = x[3, :, :4, :4].repeat(1, 8, 8)  # few levels: PIL's equalize leaves it unchanged
+    out = op(x, torch.full((4,), float(magnitude)))
+    for i in range(4):
         expected = _back(reference(_pil(x[i])))
         assert (out[i].round() - expected).abs().max() <= tolerance, op.__name__
 

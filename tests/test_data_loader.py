@@ -104,8 +104,12 @@ def test_synthetic_is_deterministic_and_configurable():
     c = load_dataset("synthetic", val_fraction=0, num_classes=4, train_size=40, test_size=8, image_size=16, seed=1)
     assert c.train.images.shape == (40, 3, 16, 16) and c.num_classes == 4
     assert c.train.class_counts(4).tolist() == [10, 10, 10, 10]
-    assert not torch.equal(c.train.images, load_dataset("synthetic", val_fraction=0, num_classes=4, train_size=40,
-                                                        test_size=8, image_size=16, seed=2).train.images)
+    assert not torch.equal(
+        c.train.images,
+        load_dataset(
+            "synthetic", val_fraction=0, num_classes=4, train_size=40, test_size=8, image_size=16, seed=2
+        ).train.images,
+    )
 
 
 def test_synthetic_classes_are_separable():

@@ -91,8 +91,8 @@ def test_ctrl_c_during_download_leaves_nothing(tmp_path, monkeypatch):
 
 def test_unreachable_url(tmp_path):
     with pytest.raises(DataError, match="cannot download file:///nonexistent"):
-        download_file("file:///nonexistent/archive.tar.gz", tmp_path / "a.tar.gz", md5="0" * 32, progress=False)
-    assert _leftovers(tmp_path) == []
+        download_file("file:///nonexistent/archive.tar.gz", tmp_path / "new" / "a.tar.gz", md5="0" * 32, progress=False)
+    assert _leftovers(tmp_path) == []  # not even the folder: nothing is written before the connection
 
 
 # ---- the first `load_dataset` downloads -----------------------------------------------------------
@@ -194,7 +194,9 @@ def test_missing_member(tmp_path):
 def test_good_archive_is_extracted(tmp_path):
     from eanet.data.sources import bytes_md5
 
-    out = _extract(tmp_path, [("top", None), ("top/sub", None), ("top/sub/a", b"one")], members={"sub/a": bytes_md5(b"one")})
+    out = _extract(
+        tmp_path, [("top", None), ("top/sub", None), ("top/sub/a", b"one")], members={"sub/a": bytes_md5(b"one")}
+    )
     assert (out / "sub" / "a").read_bytes() == b"one"
 
 

@@ -23,6 +23,9 @@ Policies (:func:`list_policies`):
 Any policy can be followed by random erasing (``erasing_prob``) and then mixup / cutmix
 (``mixup_alpha``, ``cutmix_alpha``, ``mix_prob``), which turn the labels into soft targets.
 
+Images may also be passed as uint8 (converted here). On the CPU the work runs on one intra-op
+thread (:mod:`eanet.data.threads` explains why).
+
 All randomness comes from torch's global CPU generator (parameters are drawn on the CPU and moved
 to the images' device), so saving and restoring ``torch.get_rng_state()`` resumes the exact stream.
 """
@@ -37,6 +40,7 @@ from eanet.augment.autoaug import RandAugment, TrivialAugment
 from eanet.augment.geometry import RandomCrop, RandomFlip
 from eanet.augment.keras import KerasPolicy
 from eanet.augment.mixing import MixupCutmix, RandomErasing
+from eanet.data.threads import intra_op_threads
 from eanet.errors import EanetError
 
 __all__ = ["Augmentation", "AugmentationError", "build_augmentation", "list_policies", "POLICIES"]
@@ -98,15 +102,16 @@ class Augmentation:
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"augmentation needs images (B, 3, H, W), got {tuple(images.shape)}")
-        if not images.is_floating_point():
-            images = images.float()
-        for transform in self.transforms:
-            images = transform(images)
-        if self.erasing is not None:
-            images = self.erasing(images)
-        if self.mixing is not None:
-            return self.mixing(images, labels)
-        return images, labels
+        with intra_op_threads(1, device=images.device):  # see eanet.data.threads
+            if not images.is_floating_point():
+                images = images.float()
+            for transform in self.transforms:
+                images = transform(images)
+            if self.erasing is not None:
+                images = self.erasing(images)
+            if self.mixing is not None:
+                return self.mixing(images, labels)
+            return images, labels
 
     def __repr__(self) -> str:
         parts = [repr(t) for t in self.transforms]

@@ -114,8 +114,9 @@ def autocontrast(x: Tensor, m: Tensor) -> Tensor:
 
 def equalize(x: Tensor, m: Tensor) -> Tensor:
     levels = x.round().clamp(0, 255)
-    # (k + 0.5) / 255 makes kornia's (x * 255).long() read exactly level k
-    return (kornia.enhance.equalize((levels + 0.5) / 255.0) * 255.0).round().clamp(0, 255)
+    # (k + 0.25) / 255: kornia's (x * 255).long() reads exactly level k despite float rounding, and a
+    # plane it leaves unchanged (too few distinct levels) rounds back to k
+    return (kornia.enhance.equalize((levels + 0.25) / 255.0) * 255.0).round().clamp(0, 255)
 
 
 def identity(x: Tensor, m: Tensor) -> Tensor:

@@ -17,7 +17,8 @@ RESUMABLE_OVERRIDES = {"device", "log", "threads", "data_dir"}
 
 
 def _parse_sets(pairs: tuple[str, ...]) -> dict:
-    """``--set key=value`` pairs (YAML values); ``model_args.depth=4`` sets one model argument."""
+    """``--set key=value`` pairs (YAML values); ``model_args.depth=4`` sets one model argument,
+    ``augment_args.padding=2`` one augmentation parameter."""
     out: dict = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
@@ -27,8 +28,9 @@ def _parse_sets(pairs: tuple[str, ...]) -> dict:
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
             raise EanetError(f"--set {key}: cannot parse value {raw!r}") from None
-        if key.startswith("model_args."):
-            out.setdefault("model_args", {})[key.split(".", 1)[1]] = value
+        group, dot, sub = key.partition(".")
+        if dot and group in ("model_args", "augment_args"):
+            out.setdefault(group, {})[sub] = value
         else:
             out[key.replace("-", "_")] = value
     return out

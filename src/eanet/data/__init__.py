@@ -74,6 +74,8 @@ def load_dataset(
     ``train_size``, ``test_size``, ``seed``, ``noise`` for ``synthetic``.
     Bad or missing data raises :class:`~eanet.errors.DataError` with a one-line message.
     """
+    if image_size < 1:
+        raise DataError(f"image size must be positive, got {image_size}")
     allowed = {"imagefolder": {"resize"}, "synthetic": {"num_classes", "train_size", "test_size", "seed", "noise"}}
     unknown = set(options) - allowed.get(name, set())
     if unknown:

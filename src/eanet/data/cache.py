@@ -29,7 +29,7 @@ FORMAT_VERSION = 1
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Decoded:
     """A dataset as decoded from its source: full training set (before any split) and test set."""
 

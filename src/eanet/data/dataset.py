@@ -12,7 +12,7 @@ from eanet.errors import DataError
 __all__ = ["ImageSet", "Dataset", "channel_stats", "split_validation"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ImageSet:
     """Images and labels held in memory.
 
@@ -47,7 +47,7 @@ class ImageSet:
         return torch.bincount(self.labels, minlength=num_classes)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Dataset:
     """A named dataset: class names and its train / validation / test :class:`ImageSet`.
 

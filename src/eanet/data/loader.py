@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import torch
 
 from eanet.data.dataset import ImageSet
+from eanet.data.threads import intra_op_threads
 
 __all__ = ["DeviceLoader", "epoch_permutation"]
 
@@ -95,7 +96,9 @@ class DeviceLoader:
         order = self.order(epoch).to(self.device)
         for step in range(start_step, len(self)):
             index = self._rank_slice(order[step * self.batch_size : (step + 1) * self.batch_size])
-            yield self.images.index_select(0, index), self.labels.index_select(0, index)
+            with intra_op_threads(1, device=self.device):
+                batch = self.images.index_select(0, index), self.labels.index_select(0, index)
+            yield batch
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.epoch(0)

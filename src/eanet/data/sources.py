@@ -140,14 +140,21 @@ def download_file(url: str, dest: Path, *, md5: str, progress: bool = True, time
     file is removed on any failure, including Ctrl-C.
     """
     try:
+        response = urllib.request.urlopen(url, timeout=timeout)  # connect before touching the disk
+    except urllib.error.URLError as exc:
+        raise DataError(f"cannot download {url}: {one_line(getattr(exc, 'reason', exc))}") from None
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        raise DataError(f"cannot download {url}: {one_line(exc)}") from None
+    try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         handle, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     except OSError as exc:
+        response.close()
         raise DataError(f"cannot write to {dest.parent}: {exc.strerror or one_line(exc)}") from None
     tmp = Path(tmp_name)
     digest = hashlib.md5(usedforsecurity=False)
     try:
-        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+        with os.fdopen(handle, "wb") as out, response:
             length = response.headers.get("Content-Length")
             with tqdm(
                 total=int(length) if length else None,
@@ -168,9 +175,6 @@ def download_file(url: str, dest: Path, *, md5: str, progress: bool = True, time
                 "it was corrupted or interrupted, try again"
             )
         os.replace(tmp, dest)
-    except urllib.error.URLError as exc:
-        reason = getattr(exc, "reason", exc)
-        raise DataError(f"cannot download {url}: {one_line(reason)}") from None
     except (OSError, ValueError, http.client.HTTPException) as exc:
         raise DataError(f"download of {url} failed: {one_line(exc)}") from None
     finally:

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eanet.layers.fused import FastDropout, composed_memories
+
 __all__ = ["ExternalAttention", "SelfAttention", "double_normalize"]
 
 
@@ -59,6 +61,12 @@ class ExternalAttention(nn.Module):
     Everything is computed tokens-major, ``(B, N, heads, ·)``: the memories act on the last
     dimension, so the multi-head split needs views only, never a transpose.
 
+    For speed (see :mod:`eanet.layers.fused`), when it saves work the forward pass composes steps
+    1-2 into one ``Linear(d, heads*S)`` and steps 5-6 into one ``Linear(heads*S, d)``, built on each
+    call from ``expand``, ``memory_k``, ``memory_v`` and ``proj`` (the same function, summed in a
+    different order; ``composed=False`` forces the step-by-step path), and the dropouts draw their
+    masks from 16 random bits per element (:class:`~eanet.layers.fused.FastDropout`).
+
     Args:
         dim: channels d of the input and output.
         expansion: channel expansion e before the heads are split (seed: 4).
@@ -69,6 +77,8 @@ class ExternalAttention(nn.Module):
         attn_drop: dropout on the normalised attention map (seed: 0.2).
         proj_drop: dropout after the output projection (seed: 0.2).
         eps: the L1 normalisation's guard (seed: 1e-9).
+        composed: compose the memories with the expansion and projection (``None``: when that
+            takes fewer multiply-adds, as for the seed).
     """
 
     def __init__(
@@ -82,6 +92,7 @@ class ExternalAttention(nn.Module):
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         eps: float = 1e-9,
+        composed: bool | None = None,
     ):
         super().__init__()
         inner = dim * expansion
@@ -93,9 +104,12 @@ class ExternalAttention(nn.Module):
         self.expand = nn.Linear(dim, inner)
         self.memory_k = nn.Linear(self.head_dim, self.memory_size, bias=memory_bias)  # M_k
         self.memory_v = nn.Linear(self.memory_size, self.head_dim, bias=memory_bias)  # M_v
-        self.attn_drop = nn.Dropout(attn_drop)
+        self.attn_drop = FastDropout(attn_drop)
         self.proj = nn.Linear(inner, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.proj_drop = FastDropout(proj_drop)
+        if composed is None:  # multiply-adds per token: composed vs step by step
+            composed = num_heads * self.memory_size * dim <= inner * dim + num_heads * self.head_dim * self.memory_size
+        self.composed = composed
 
     def forward(self, x: torch.Tensor, *, return_attention: bool = False):
         """Mix tokens through the memories.
@@ -110,10 +124,19 @@ class ExternalAttention(nn.Module):
         elif x.dim() != 3:
             raise ValueError(f"expected (B, N, C) tokens or a (B, C, H, W) map, got shape {tuple(x.shape)}")
         batch, tokens, _ = x.shape
-        heads = self.expand(x).view(batch, tokens, self.num_heads, self.head_dim)
-        attn = double_normalize(self.memory_k(heads), token_dim=1, eps=self.eps)  # (B, N, H, S)
-        out = self.memory_v(self.attn_drop(attn)).reshape(batch, tokens, -1)
-        out = self.proj_drop(self.proj(out))
+        if self.composed:
+            w_in, b_in, w_out, b_out = composed_memories(
+                self.expand, self.memory_k, self.memory_v, self.proj, self.num_heads)
+            logits = F.linear(x, w_in, b_in).view(batch, tokens, self.num_heads, self.memory_size)
+        else:
+            heads = self.expand(x).view(batch, tokens, self.num_heads, self.head_dim)
+            logits = self.memory_k(heads)  # F M_k^T: (B, N, H, S)
+        attn = double_normalize(logits, token_dim=1, eps=self.eps)  # (B, N, H, S)
+        if self.composed:
+            out = F.linear(self.attn_drop(attn).view(batch, tokens, -1), w_out, b_out)
+        else:
+            out = self.proj(self.memory_v(self.attn_drop(attn)).reshape(batch, tokens, -1))
+        out = self.proj_drop(out)
         if feature_map:
             out = out.transpose(1, 2).reshape(b, c, h, w)
         return (out, attn) if return_attention else out

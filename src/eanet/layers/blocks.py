@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from eanet.layers.attention import ExternalAttention, SelfAttention
+from eanet.layers.fused import FastDropout
 
 __all__ = ["Mlp", "DropPath", "Block", "make_mixer"]
 
@@ -20,9 +21,9 @@ class Mlp(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.act = nn.GELU(approximate=approximate)
-        self.drop1 = nn.Dropout(drop)
+        self.drop1 = FastDropout(drop)
         self.fc2 = nn.Linear(hidden_dim, dim)
-        self.drop2 = nn.Dropout(drop)
+        self.drop2 = FastDropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))

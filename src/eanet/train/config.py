@@ -47,6 +47,7 @@ class TrainConfig:
     ema_decay: float | None = None  # weight EMA, evaluated and saved instead of the raw weights
     # data augmentation (eanet.augment)
     augment: str = "keras"
+    augment_args: dict = field(default_factory=dict)  # the policy's own parameters (e.g. padding)
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     mix_prob: float = 1.0
@@ -122,8 +123,8 @@ def resolve_config(recipe: str | None = None, **overrides) -> TrainConfig:
     for key, value in overrides.items():
         if value is None:
             continue
-        if key == "model_args":
-            data["model_args"] = {**data.get("model_args", {}), **value}
+        if key in ("model_args", "augment_args"):
+            data[key] = {**data.get(key, {}), **value}
         else:
             data[key] = value
     return TrainConfig.from_dict(data, source=f"recipe {data.get('recipe')}")

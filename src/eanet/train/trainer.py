@@ -39,7 +39,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from eanet.augment import build_augmentation
-from eanet.data import DeviceLoader, channel_stats, load_dataset
+from eanet.data import DeviceLoader, load_dataset
 from eanet.errors import EanetError
 from eanet.evaluate import evaluate, soft_cross_entropy, topk_correct
 from eanet.fileio import atomic_write_text
@@ -172,17 +172,19 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo, *, resume, co
     per_rank_batch = cfg.batch_size // info.world_size
     if per_rank_batch * info.world_size != cfg.batch_size:
         raise EanetError(f"batch size {cfg.batch_size} is not divisible by {info.world_size} processes")
-    loader = DeviceLoader(ds.train, batch_size=cfg.batch_size, shuffle=True, drop_last=False, seed=cfg.seed,
+    # one process keeps the seed's last partial batch; several drop it so every rank gets an equal share
+    loader = DeviceLoader(ds.train, batch_size=cfg.batch_size, shuffle=True, drop_last=info.enabled, seed=cfg.seed,
                           device=device, rank=info.rank, world_size=info.world_size)
     steps_per_epoch = len(loader)
     augment = build_augmentation(cfg.augment, image_size=ds.train.images.shape[-1], num_classes=ds.num_classes,
                                  mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha,
-                                 mix_prob=cfg.mix_prob, erasing_prob=cfg.erasing_prob)
+                                 mix_prob=cfg.mix_prob, erasing_prob=cfg.erasing_prob, **cfg.augment_args)
 
-    # ---- model (input normalisation adapted to the training split, like Keras' Normalization.adapt)
+    # ---- model (input normalisation adapted like the seed's Normalization.adapt(x_train): all training
+    # arrays, the held-out validation part included; no labels are involved)
     model = create_model(cfg.model, num_classes=ds.num_classes, img_size=ds.train.images.shape[-1],
                          class_names=list(ds.classes), **cfg.model_args)
-    model.set_input_stats(*channel_stats(ds.train.images))
+    model.set_input_stats(*ds.channel_stats())
     model.to(device)
     params = count_parameters(model)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps,
@@ -254,7 +256,7 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo, *, resume, co
                                warmup_steps=round(warmup_fraction * total_steps), min_lr=cfg.min_lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            inputs, targets = augment(images.float(), labels)
+            inputs, targets = augment(images, labels)
             with autocast:
                 logits = forward(inputs)
             loss = soft_cross_entropy(logits, targets, label_smoothing=cfg.label_smoothing)

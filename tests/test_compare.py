@@ -1,0 +1,42 @@
+"""`eanet compare`: EANet and ViT trained under identical settings, one table, one overlay plot."""
+
+import json
+
+from PIL import Image
+from trainhelp import TINY, run_cli
+
+
+def test_compare_trains_both_models_and_tabulates(tmp_path):
+    out = tmp_path / "cmp"
+    tiny = [a for a in TINY if a not in ("--recipe", "keras-example", "--threads", "1")]
+    result = run_cli(["compare", "--models", "eanet_keras,vit_keras", *tiny, "--epochs", "2", "--out", str(out),
+                      "--quiet"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((out / "compare.json").read_text())
+    assert [r["model"] for r in rows] == ["eanet_keras", "vit_keras"]
+    assert [r["attention"] for r in rows] == ["external", "self"]
+    for r in rows:
+        assert r["parameters"] > 0 and r["macs_per_image"] > 0 and r["epochs"] == 2
+        assert r["train_images_per_second"] > 0 and r["inference_images_per_second"] > 0
+        assert 0 <= r["test_top1"] <= r["test_top5"] <= 1
+    table = (out / "compare.md").read_text()
+    assert "| eanet_keras | external |" in table and "| vit_keras | self |" in table
+    assert table.strip() in result.stdout
+    with Image.open(out / "compare.png") as img:
+        assert img.size[0] > 400
+
+    # the same table from the finished runs, without training again
+    again = run_cli(["compare", str(out / "eanet_keras"), str(out / "vit_keras"), "--out", str(tmp_path / "again")],
+                    tmp_path)
+    assert again.returncode == 0, again.stderr
+    first = [{k: v for k, v in r.items() if k != "run"} for r in rows]
+    second = [{k: v for k, v in r.items() if k != "run"} for r in json.loads((tmp_path / "again" / "compare.json")
+                                                                             .read_text())]
+    assert first == second
+
+
+def test_compare_refuses_an_unfinished_run(tmp_path):
+    (tmp_path / "half").mkdir()
+    result = run_cli(["compare", str(tmp_path / "half")], tmp_path)
+    assert result.returncode == 1 and "not a finished run" in result.stderr
+    assert "Traceback" not in result.stderr
