@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eanet.layers.fused import FastDropout, composed_memories
+from eanet.layers.fused import FastDropout, composed_memories, counting_flops, external_attention
 
 __all__ = ["ExternalAttention", "SelfAttention", "double_normalize"]
 
@@ -111,6 +111,13 @@ class ExternalAttention(nn.Module):
             composed = num_heads * self.memory_size * dim <= inner * dim + num_heads * self.head_dim * self.memory_size
         self.composed = composed
 
+    def _observed(self) -> bool:
+        """Whether forward hooks watch the sub-layers (which the composed path would not call)."""
+        if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
+            return True
+        return any(m._forward_hooks or m._forward_pre_hooks for m in (
+            self.expand, self.memory_k, self.memory_v, self.proj, self.attn_drop, self.proj_drop))
+
     def forward(self, x: torch.Tensor, *, return_attention: bool = False):
         """Mix tokens through the memories.
 
@@ -124,15 +131,24 @@ class ExternalAttention(nn.Module):
         elif x.dim() != 3:
             raise ValueError(f"expected (B, N, C) tokens or a (B, C, H, W) map, got shape {tuple(x.shape)}")
         batch, tokens, _ = x.shape
-        if self.composed:
+        # step by step whenever someone watches: FLOP counters, hooks on the sub-layers (layer tables)
+        composed = self.composed and not counting_flops() and not self._observed()
+        if composed:
             w_in, b_in, w_out, b_out = composed_memories(
                 self.expand, self.memory_k, self.memory_v, self.proj, self.num_heads)
+            if not return_attention:
+                out = external_attention(
+                    x, w_in, b_in, w_out, b_out, heads=self.num_heads, eps=self.eps,
+                    p_attn=self.attn_drop.p if self.training else 0.0,
+                    p_proj=self.proj_drop.p if self.training else 0.0)
+                if out is not None:  # the fused CPU kernel ran
+                    return out.transpose(1, 2).reshape(b, c, h, w) if feature_map else out
             logits = F.linear(x, w_in, b_in).view(batch, tokens, self.num_heads, self.memory_size)
         else:
             heads = self.expand(x).view(batch, tokens, self.num_heads, self.head_dim)
             logits = self.memory_k(heads)  # F M_k^T: (B, N, H, S)
         attn = double_normalize(logits, token_dim=1, eps=self.eps)  # (B, N, H, S)
-        if self.composed:
+        if composed:
             out = F.linear(self.attn_drop(attn).view(batch, tokens, -1), w_out, b_out)
         else:
             out = self.proj(self.memory_v(self.attn_drop(attn)).reshape(batch, tokens, -1))

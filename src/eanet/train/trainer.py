@@ -64,7 +64,7 @@ __all__ = ["train", "RunResult", "CSV_COLUMNS", "default_run_dir"]
 
 CSV_COLUMNS = ["epoch", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5",
                "lr", "seconds", "images_per_second"]
-CALIBRATION_STEPS = 8  # steps timed (after 2 warm-up steps) to fit a --time-budget
+WARMUP_STEPS, CALIBRATION_STEPS = 5, 10  # --time-budget: steps skipped, then steps timed, to fit the schedule
 
 
 @dataclass
@@ -287,11 +287,11 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo, *, resume, co
             if writer is not None and global_step % 50 == 0:
                 writer.add_scalar("train/step_loss", loss.item(), global_step)
 
-            # --time-budget: time CALIBRATION_STEPS steps after 2 warm-up steps, then fit the schedule
+            # --time-budget: time CALIBRATION_STEPS steps after WARMUP_STEPS, then fit the schedule
             if budget_seconds is not None and not calibrated:
-                if global_step == 2:
+                if global_step == WARMUP_STEPS:
                     calibration_start = now
-                elif global_step == 2 + CALIBRATION_STEPS:
+                elif global_step == WARMUP_STEPS + CALIBRATION_STEPS:
                     # first estimate: evaluation (forward only) costs about a third of a training step per image
                     per_step = (now - calibration_start) / CALIBRATION_STEPS
                     per_image_eval = per_step / cfg.batch_size / 3
@@ -341,8 +341,8 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo, *, resume, co
                 best_top1 = row["val_top1"]
                 checkpoint("checkpoint-best.pt", 0)
             checkpoint("checkpoint-last.pt", 0)
-        if budget_seconds is not None and epoch == 1 and not stop and state is None:
-            # refit once the first epoch shows the real cost per step, end-of-epoch work included
+        if budget_seconds is not None and calibrated and not stop and global_step > epoch_first_step + 1:
+            # refit after every epoch from its real cost per step, end-of-epoch work included
             per_step = (time.perf_counter() - epoch_start) / (global_step - epoch_first_step)
             test_seconds = val_seconds * len(ds.test) / len(ds.val) if ds.val is not None else 10 * per_step
             elapsed = time.perf_counter() - run_start

@@ -1,0 +1,175 @@
+"""``eanet benchmark`` (model speed and --scaling) and the fast paths it measures.
+
+Speed targets are not asserted here: only that the benchmark reports what it promises, and that the fast
+layers still compute the seed's function.
+"""
+
+import json
+
+import pytest
+import torch
+
+from eanet.cli import main
+from eanet.layers import ExternalAttention, double_normalize
+from eanet.layers import fused as fused_mod
+
+TINY = ["--steps", "2", "--repeats", "1", "--batch-size", "8", "--warmup", "1", "--peak-size", "128"]
+
+
+def run_cli(capsys, *args):
+    capsys.readouterr()
+    main(["benchmark", *args])
+    return capsys.readouterr().out
+
+
+def test_benchmark_json_has_positive_throughputs(capsys):
+    result = json.loads(run_cli(capsys, *TINY, "--json"))
+    for key in ("train_images_per_second", "inference_images_per_second", "train_achieved_flops",
+                "inference_achieved_flops", "matmul_peak_flops", "train_flops_per_image"):
+        assert result[key] > 0, key
+    assert 0 < result["train_fraction_of_peak"] < 10
+    assert result["train_peak_memory_bytes"] > 0  # activations of a batch of 8 at least
+    assert result["model"] == "eanet_keras" and result["batch_size"] == 8 and result["dtype"] == "fp32"
+    # the counted FLOPs are the seed's architecture: 3 x forward for a training step
+    assert result["train_flops_per_image"] == pytest.approx(3 * result["inference_flops_per_image"], rel=0.01)
+
+
+def test_benchmark_bf16_and_threads(capsys):
+    result = json.loads(run_cli(capsys, *TINY, "--dtype", "bf16", "--threads", "1", "--no-memory", "--json"))
+    assert result["dtype"] == "bf16" and result["threads"] == 1
+    assert result["train_images_per_second"] > 0 and result["inference_images_per_second"] > 0
+    assert result["train_peak_memory_bytes"] is None
+
+
+def test_benchmark_table_output(capsys):
+    out = run_cli(capsys, *TINY, "--no-memory", "--model", "vit_keras")
+    assert "vit_keras" in out and "img/s" in out and "% of peak" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "no_such_model"], "unknown model"),
+    (["--device", "warp9"], "unknown device"),
+    (["--batch-size", "0"], "batch size"),
+    (["--scaling", "--tokens", "64,x"], "--tokens"),
+])
+def test_bad_input_is_a_one_line_error(capsys, args, message):
+    with pytest.raises(SystemExit) as exc:
+        main(["benchmark", *args])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and message in err[-1]
+
+
+def test_scaling_json_rows(capsys, tmp_path):
+    plot = tmp_path / "scaling.png"
+    rows = json.loads(run_cli(capsys, "--scaling", "--tokens", "32,64", "--batch-size", "1", "--repeats", "1",
+                              "--out", str(plot), "--json"))
+    assert [(r["attention"], r["tokens"]) for r in rows] == [("external", 32), ("external", 64), ("self", 32),
+                                                              ("self", 64)]
+    for r in rows:
+        assert r["seconds_per_step"] > 0 and r["peak_memory_bytes"] > 0 and r["status"] == "ok"
+        assert r["seconds_per_token"] == pytest.approx(r["seconds_per_step"] / r["tokens"])
+    assert plot.stat().st_size > 1000
+
+
+def test_scaling_records_null_when_the_memory_limit_is_hit(capsys, tmp_path):
+    # dropout makes self-attention take PyTorch's math path, which holds the N x N matrix: with a limit of
+    # 0.5 MB the N=256 point (4 heads x 256^2 x 4 bytes x 4 tensors = 4 MB) is not run, N=32 is
+    rows = json.loads(run_cli(capsys, "--scaling", "--tokens", "32,256", "--batch-size", "1", "--repeats", "1",
+                              "--dropout", "0.2", "--memory-limit", "0.0005", "--out", str(tmp_path / "s.png"),
+                              "--json"))
+    by = {(r["attention"], r["tokens"]): r for r in rows}
+    assert by[("self", 256)]["peak_memory_bytes"] is None and by[("self", 256)]["seconds_per_step"] is None
+    assert by[("self", 256)]["status"].startswith("skipped")
+    assert "math" in by[("self", 256)]["kernel"]
+    assert by[("self", 32)]["status"] == "ok"
+    assert all(by[("external", n)]["status"] == "ok" for n in (32, 256))  # no N x N matrix there
+
+
+def test_scaling_records_out_of_memory_instead_of_crashing(monkeypatch):
+    from eanet.benchmarks import scaling
+
+    real = scaling._measure
+
+    def fake(module, kind, n, *args, **kwargs):
+        if kind == "self" and n > 32:
+            raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 68719476736 bytes.")
+        return real(module, kind, n, *args, **kwargs)
+
+    monkeypatch.setattr(scaling, "_measure", fake)
+    rows = scaling.benchmark_scaling(tokens=(32, 64), batch_size=1, repeats=1, memory=False)
+    oom = [r for r in rows if r["status"].startswith("out of memory")]
+    assert [(r["attention"], r["tokens"]) for r in oom] == [("self", 64)]
+    assert oom[0]["peak_memory_bytes"] is None and oom[0]["seconds_per_step"] is None
+    assert "OOM" in scaling.format_table(rows)
+
+
+def test_peak_memory_sees_a_known_allocation():
+    from eanet.benchmarks.model_speed import peak_memory_bytes
+
+    def fn():
+        big = torch.ones(1_000_000)  # 4 MB, freed on return
+        return float(big[0])
+
+    assert 4_000_000 <= peak_memory_bytes(fn, torch.device("cpu")) < 8_000_000
+
+
+# --- the fast paths compute the seed's function ---------------------------------------------------------------
+
+needs_kernels = pytest.mark.skipif(not fused_mod.fused_kernels_available(), reason="fused CPU kernels unavailable")
+
+
+@pytest.mark.parametrize("batch, tokens", [(3, 40), (1, 70)])  # sample-parallel and row-parallel kernels
+def test_fast_external_attention_equals_step_by_step(batch, tokens):
+    torch.manual_seed(0)
+    fast = ExternalAttention(64, attn_drop=0.0, proj_drop=0.0)
+    slow = ExternalAttention(64, attn_drop=0.0, proj_drop=0.0, composed=False)
+    slow.load_state_dict(fast.state_dict())
+    x = torch.randn(batch, tokens, 64, requires_grad=True)
+    y_fast, y_slow = fast(x), slow(x)
+    torch.testing.assert_close(y_fast, y_slow, rtol=1e-5, atol=1e-6)
+    g = torch.randn_like(y_slow)
+    grads_fast = torch.autograd.grad(y_fast, [x, fast.expand.weight, fast.memory_k.weight, fast.memory_v.weight,
+                                              fast.memory_v.bias, fast.proj.weight, fast.proj.bias], g)
+    grads_slow = torch.autograd.grad(y_slow, [x, slow.expand.weight, slow.memory_k.weight, slow.memory_v.weight,
+                                              slow.memory_v.bias, slow.proj.weight, slow.proj.bias], g)
+    for a, b in zip(grads_fast, grads_slow, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+
+
+@needs_kernels
+@pytest.mark.parametrize("batch, tokens", [(4, 33), (1, 50)])
+def test_fused_kernel_dropout_masks_agree_between_forward_and_backward(batch, tokens):
+    ops = torch.ops.eanet_fused
+    torch.manual_seed(1)
+    d, heads, size = 16, 4, 4
+    g_width = heads * size
+    x = torch.randn(batch, tokens, d, requires_grad=True)
+    weights = [(torch.randn(g_width, d) * 0.3).requires_grad_(), (torch.randn(g_width) * 0.1).requires_grad_(),
+               (torch.randn(d, g_width) * 0.3).requires_grad_(), (torch.randn(d) * 0.1).requires_grad_()]
+    seed = torch.tensor(1234)
+    # reference in autograd, with the kernel's own masks (streams 1 and 2 of the same seed)
+    mask_attn = ops.dropout(torch.ones(batch, tokens, g_width), 0.3, seed, 1).view(batch, tokens, heads, size)
+    mask_proj = ops.dropout(torch.ones(batch, tokens, d), 0.2, seed, 2)
+    logits = (x @ weights[0].t() + weights[1]).view(batch, tokens, heads, size)
+    attn = double_normalize(logits, token_dim=1)
+    ref = ((attn * mask_attn).reshape(batch, tokens, g_width) @ weights[2].t() + weights[3]) * mask_proj
+    out = ops.ea_forward(x.detach(), *[w.detach() for w in weights], heads, 1e-9, 0.3, 0.2, seed)
+    torch.testing.assert_close(out, ref.detach(), rtol=1e-5, atol=1e-6)
+    g = torch.randn_like(ref)
+    expected = torch.autograd.grad(ref, [x, weights[0], weights[2], weights[3]], g)
+    got = ops.ea_backward(g, x.detach(), *[w.detach() for w in weights], heads, 1e-9, 0.3, 0.2, seed)
+    for a, b in zip((got[0], got[1], got[3], got[4]), expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+
+
+def test_fast_dropout_keeps_the_right_fraction_and_scales():
+    torch.manual_seed(0)
+    layer = fused_mod.FastDropout(0.2).train()
+    x = torch.ones(1_000_000, requires_grad=True)
+    y = layer(x)
+    assert abs(float((y != 0).float().mean()) - 0.8) < 0.005
+    assert set(torch.unique(y.detach()).tolist()) == {0.0, 1.25}
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, y.detach())  # same mask in the backward pass
+    assert torch.equal(layer.eval()(x), x)
