@@ -13,7 +13,15 @@ from eanet.cli import main
 from eanet.layers import ExternalAttention, double_normalize
 from eanet.layers import fused as fused_mod
 
-TINY = ["--steps", "2", "--repeats", "1", "--batch-size", "8", "--warmup", "1", "--peak-size", "128"]
+# one thread: on a shared 2-core machine, two-thread OpenMP regions stall behind other processes' threads
+TINY = ["--steps", "2", "--repeats", "1", "--batch-size", "8", "--warmup", "1", "--peak-size", "128", "--threads", "1"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def run_cli(capsys, *args):
@@ -35,7 +43,7 @@ def test_benchmark_json_has_positive_throughputs(capsys):
 
 
 def test_benchmark_bf16_and_threads(capsys):
-    result = json.loads(run_cli(capsys, *TINY, "--dtype", "bf16", "--threads", "1", "--no-memory", "--json"))
+    result = json.loads(run_cli(capsys, *TINY, "--dtype", "bf16", "--no-memory", "--json"))
     assert result["dtype"] == "bf16" and result["threads"] == 1
     assert result["train_images_per_second"] > 0 and result["inference_images_per_second"] > 0
     assert result["train_peak_memory_bytes"] is None
@@ -63,7 +71,7 @@ def test_bad_input_is_a_one_line_error(capsys, args, message):
 def test_scaling_json_rows(capsys, tmp_path):
     plot = tmp_path / "scaling.png"
     rows = json.loads(run_cli(capsys, "--scaling", "--tokens", "32,64", "--batch-size", "1", "--repeats", "1",
-                              "--out", str(plot), "--json"))
+                              "--threads", "1", "--out", str(plot), "--json"))
     assert [(r["attention"], r["tokens"]) for r in rows] == [("external", 32), ("external", 64), ("self", 32),
                                                               ("self", 64)]
     for r in rows:
@@ -76,8 +84,8 @@ def test_scaling_records_null_when_the_memory_limit_is_hit(capsys, tmp_path):
     # dropout makes self-attention take PyTorch's math path, which holds the N x N matrix: with a limit of
     # 0.5 MB the N=256 point (4 heads x 256^2 x 4 bytes x 4 tensors = 4 MB) is not run, N=32 is
     rows = json.loads(run_cli(capsys, "--scaling", "--tokens", "32,256", "--batch-size", "1", "--repeats", "1",
-                              "--dropout", "0.2", "--memory-limit", "0.0005", "--out", str(tmp_path / "s.png"),
-                              "--json"))
+                              "--threads", "1", "--dropout", "0.2", "--memory-limit", "0.0005",
+                              "--out", str(tmp_path / "s.png"), "--json"))
     by = {(r["attention"], r["tokens"]): r for r in rows}
     assert by[("self", 256)]["peak_memory_bytes"] is None and by[("self", 256)]["seconds_per_step"] is None
     assert by[("self", 256)]["status"].startswith("skipped")
@@ -97,7 +105,7 @@ def test_scaling_records_out_of_memory_instead_of_crashing(monkeypatch):
         return real(module, kind, n, *args, **kwargs)
 
     monkeypatch.setattr(scaling, "_measure", fake)
-    rows = scaling.benchmark_scaling(tokens=(32, 64), batch_size=1, repeats=1, memory=False)
+    rows = scaling.benchmark_scaling(tokens=(32, 64), batch_size=1, repeats=1, memory=False, threads=1)
     oom = [r for r in rows if r["status"].startswith("out of memory")]
     assert [(r["attention"], r["tokens"]) for r in oom] == [("self", 64)]
     assert oom[0]["peak_memory_bytes"] is None and oom[0]["seconds_per_step"] is None

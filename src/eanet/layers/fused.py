@@ -1,4 +1,4 @@
-"""Fast kernels for the seed's layers: fused external attention, cheap dropout masks, composed memories.
+"""Fast kernels for the seed's layers: fused external attention and MLP branch, cheap dropout masks, composed memories.
 
 Nothing here changes what a layer computes; it changes how. Measured effects are in ``docs/speed.md``.
 
@@ -29,6 +29,15 @@ units, eps 1e-9); gradients are the analytic ones of that composition (checked a
 ``tests/test_benchmark.py``). If the extension cannot be built (no compiler) the layer silently uses the
 PyTorch path; ``EANET_FUSED=0`` forces that path.
 
+**Fused MLP branch (CPU, fp32).** The block's second residual branch, ``x + dropout(fc2(dropout(
+gelu(fc1(LayerNorm(x))))))``, runs the same way (:func:`mlp_branch`, 1,024 tokens at a time, the
+hidden activations recomputed in the backward pass); :class:`~eanet.layers.Block` uses it when its
+sub-layers are the seed's types and nobody watches them.
+
+Both kernels stand aside (the modules run one by one, as written) while a FLOP counter, a forward
+hook on a sub-layer, ``torch.export``/ONNX/TorchScript tracing is active, for non-fp32 tensors and on
+other devices: counts, layer tables and exported graphs are those of the architecture itself.
+
 **Dropout masks.** ``nn.Dropout`` on CPU draws one Bernoulli sample per element and multiplies twice;
 on the seed model that was a quarter of a training step. Here an element is kept when 16 random bits
 fall under ``round((1 - p) * 2^16)``, so the drop probability is ``p`` rounded to a multiple of 2^-16
@@ -58,7 +67,6 @@ __all__ = [
 ]
 
 
-
 # ----------------------------------------------------------------------------------------------------------------
 # building and loading the extension
 
@@ -67,7 +75,7 @@ _LOCK = threading.Lock()
 
 
 def _build_flags() -> list[str]:
-    flags = ["-O3", "-fopenmp", "-std=c++17"]
+    flags = ["-O3", "-fopenmp"]
     try:  # the vector ISA torch.compile would use (AVX-512, AVX2, NEON...), for ATen's Vectorized<float>
         from torch._inductor import cpu_vec_isa
 
@@ -99,8 +107,9 @@ def _load() -> bool:
 
 @torch._dynamo.assume_constant_result  # torch.compile: decided (and built) once, at tracing time
 def fused_kernels_available() -> bool:
-    """Whether the C++ kernels are usable, building them on the first call (about 30 s, cached on disk
-    by ``torch.utils.cpp_extension``; ``EANET_FUSED=0`` disables them)."""
+    """Whether the C++ kernels are usable, building them on the first call in a fresh environment
+    (15-30 s; cached under ``torch.utils.cpp_extension``'s build directory, ``$TORCH_EXTENSIONS_DIR`` or
+    ``~/.cache/torch_extensions``). ``EANET_FUSED=0`` disables them."""
     if _STATE["loaded"] is None:
         with _LOCK:
             if _STATE["loaded"] is None:
@@ -379,6 +388,7 @@ _CPP_SOURCE = r"""
 // processed a few samples at a time so that the (rows x G) attention map never leaves the core's cache.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
@@ -432,6 +442,40 @@ inline void drop_mult(const Drop& d, int64_t i0, int64_t n, float* out, std::vec
   const uint32_t thr = d.thr;
   const float scale = d.scale;
   for (int64_t e = 0; e < n; ++e) out[e] = static_cast<uint32_t>(bits[e]) < thr ? scale : 0.f;
+}
+
+// sum_i x[i] (* y[i]) with vector accumulators: no long chain of dependent scalar additions.
+inline float dot_or_sum(const float* x, const float* y, int64_t n) {
+  int64_t i = 0;
+  float acc = 0.f;
+  if (n >= kV) {
+    fVec v(0.f);
+    if (y) {
+      for (; i + kV <= n; i += kV) v = at::vec::fmadd(fVec::loadu(x + i), fVec::loadu(y + i), v);
+    } else {
+      for (; i + kV <= n; i += kV) v = v + fVec::loadu(x + i);
+    }
+    acc = at::vec::vec_reduce_all<float>([](fVec& a, fVec& b) { return a + b; }, v);
+  }
+  for (; i < n; ++i) acc += y ? x[i] * y[i] : x[i];
+  return acc;
+}
+
+// sum_i (x[i] - c)^2
+inline float sum_sq_diff(const float* x, float c, int64_t n) {
+  int64_t i = 0;
+  float acc = 0.f;
+  if (n >= kV) {
+    fVec v(0.f);
+    const fVec cv(c);
+    for (; i + kV <= n; i += kV) {
+      fVec t = fVec::loadu(x + i) - cv;
+      v = at::vec::fmadd(t, t, v);
+    }
+    acc = at::vec::vec_reduce_all<float>([](fVec& a, fVec& b) { return a + b; }, v);
+  }
+  for (; i < n; ++i) acc += (x[i] - c) * (x[i] - c);
+  return acc;
 }
 
 // X[r, g] += bias[g] in place and m[g] = max(m[g], X[r, g]) over rows.
@@ -501,9 +545,7 @@ inline void normalize_rows(float* E, int64_t rows, int64_t G, int64_t S, const f
     for (; g + kV <= G; g += kV) (fVec::loadu(a + g) * fVec::loadu(rs + g)).store(a + g);
     for (; g < G; ++g) a[g] *= rs[g];
     for (int64_t h = 0; h < H; ++h) {
-      float acc = 0.f;
-      for (int64_t j = 0; j < S; ++j) acc += a[h * S + j];
-      const float z = eps + acc;
+      const float z = eps + dot_or_sum(a + h * S, nullptr, S);
       if (Z) Z[r * H + h] = z;
       for (int64_t j = 0; j < S; ++j) zrow[h * S + j] = z;
     }
@@ -539,8 +581,7 @@ inline void backward_u(float* gD, const float* A, int64_t rows, int64_t G, int64
       for (; g < G; ++g) gd[g] *= mult[g];
     }
     for (int64_t h = 0; h < H; ++h) {
-      float q = 0.f;
-      for (int64_t j = 0; j < S; ++j) q += gd[h * S + j] * a[h * S + j];
+      const float q = dot_or_sum(gd + h * S, a + h * S, S);
       for (int64_t j = 0; j < S; ++j) qrow[h * S + j] = q;
     }
     for (g = 0; g + kV <= G; g += kV) {
@@ -961,12 +1002,8 @@ inline void layer_norm_rows(const float* X, int64_t rows, int64_t d, const float
                             float* XN, float* mean_out, float* rstd_out) {
   for (int64_t r = 0; r < rows; ++r) {
     const float* x = X + r * d;
-    float sum = 0.f;
-    for (int64_t j = 0; j < d; ++j) sum += x[j];
-    const float mean = sum / static_cast<float>(d);
-    float sq = 0.f;
-    for (int64_t j = 0; j < d; ++j) sq += (x[j] - mean) * (x[j] - mean);
-    const float rstd = 1.f / std::sqrt(sq / static_cast<float>(d) + eps);
+    const float mean = dot_or_sum(x, nullptr, d) / static_cast<float>(d);
+    const float rstd = 1.f / std::sqrt(sum_sq_diff(x, mean, d) / static_cast<float>(d) + eps);
     if (mean_out) mean_out[r] = mean;
     if (rstd_out) rstd_out[r] = rstd;
     float* o = XN + r * d;
@@ -1059,7 +1096,7 @@ std::vector<at::Tensor> mlp_backward(const at::Tensor& gy_, const at::Tensor& x_
     auto glw = acc_lw[tid], glb = acc_lb[tid], gw1 = acc_w1[tid], gb1 = acc_b1[tid], gw2 = acc_w2[tid],
          gb2 = acc_b2[tid];
     float *glwp = glw.data_ptr<float>(), *glbp = glb.data_ptr<float>();
-    std::vector<float> mult(std::max(d, F)), mean(kMlpRows), rstd(kMlpRows);
+    std::vector<float> mult(std::max(d, F)), mean(kMlpRows), rstd(kMlpRows), xhat(d), gh(d);
     std::vector<uint64_t> words(std::max(d, F) / 4 + 2);
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t r0 = c * kMlpRows, rows = std::min(kMlpRows, R - r0);
@@ -1093,20 +1130,17 @@ std::vector<at::Tensor> mlp_backward(const at::Tensor& gy_, const at::Tensor& x_
       for (int64_t r = 0; r < rows; ++r) {
         const float* x = xp + r * d;
         const float* g = gxnp + r * d;
-        float sum_g = 0.f, sum_gx = 0.f;
         for (int64_t j = 0; j < d; ++j) {
-          const float xhat = (x[j] - mean[r]) * rstd[r];
-          const float gh = g[j] * lw[j];
-          glwp[j] += g[j] * xhat;
+          xhat[j] = (x[j] - mean[r]) * rstd[r];
+          gh[j] = g[j] * lw[j];
+          glwp[j] += g[j] * xhat[j];
           glbp[j] += g[j];
-          sum_g += gh;
-          sum_gx += gh * xhat;
         }
         const float inv_d = 1.f / static_cast<float>(d);
+        const float mean_g = dot_or_sum(gh.data(), nullptr, d) * inv_d;
+        const float mean_gx = dot_or_sum(gh.data(), xhat.data(), d) * inv_d;
         for (int64_t j = 0; j < d; ++j) {
-          const float xhat = (x[j] - mean[r]) * rstd[r];
-          const float gh = g[j] * lw[j];
-          gxp[r * d + j] = gyp[r * d + j] + rstd[r] * (gh - sum_g * inv_d - xhat * sum_gx * inv_d);
+          gxp[r * d + j] = gyp[r * d + j] + rstd[r] * (gh[j] - mean_g - xhat[j] * mean_gx);
         }
       }
     }
