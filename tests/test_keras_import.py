@@ -108,3 +108,23 @@ def test_bad_files(saved, tmp_path, edit, message, overrides):
     src = saved[1]["eanet_keras"]["folder"] / "seed.weights.h5"
     with pytest.raises(EanetError, match=message):
         import_keras(_edited(src, tmp_path / "w.weights.h5", edit), **overrides)
+
+
+def test_cli_import_keras_saves_a_loadable_model(saved, tmp_path, capsys):
+    import eanet
+    from eanet.cli import main
+
+    images, out = saved
+    main(["import-keras", str(out["vit_keras"]["folder"] / "seed.keras"), "--model", "vit_keras",
+          "--out", str(tmp_path / "vit")])
+    assert "imported" in capsys.readouterr().out
+    model = eanet.load_model(tmp_path / "vit")
+    with torch.no_grad():
+        probs = model(torch.from_numpy(images).permute(0, 3, 1, 2)).softmax(-1).numpy()
+    assert np.abs(probs - out["vit_keras"]["probs"]).max() <= 1e-4
+    with pytest.raises(SystemExit) as exit_info:  # ViT weights into EANet: one line, exit 1
+        main(["import-keras", str(out["vit_keras"]["folder"] / "seed.keras"), "--out", str(tmp_path / "bad")])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and len(err.splitlines()) == 1
+    assert not (tmp_path / "bad").exists()
