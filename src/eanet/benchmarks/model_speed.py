@@ -55,6 +55,15 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def set_threads(threads: int | None) -> None:
+    """``torch.set_num_threads(threads)`` when given; an :class:`EanetError` for a count below 1."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise EanetError(f"threads must be at least 1, got {threads}")
+    torch.set_num_threads(threads)
+
+
 def resolve_device(device: str) -> torch.device:
     """``device`` as a ``torch.device`` that exists here; an :class:`EanetError` otherwise."""
     try:
@@ -262,10 +271,7 @@ def benchmark_model(
                                ("warm-up", warmup, 0), ("peak size", peak_size, 16)):
         if value < least:
             raise EanetError(f"{name} must be at least {least}, got {value}")
-    if threads is not None:
-        if threads < 1:
-            raise EanetError(f"threads must be at least 1, got {threads}")
-        torch.set_num_threads(threads)
+    set_threads(threads)
     dev = resolve_device(device)
     say = progress or (lambda _msg: None)
     try:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from eanet.benchmarks.model_speed import _sync, peak_memory_bytes, quiet_stderr, resolve_device
+from eanet.benchmarks.model_speed import _sync, peak_memory_bytes, quiet_stderr, resolve_device, set_threads
 from eanet.errors import EanetError
 
 __all__ = ["DEFAULT_TOKENS", "benchmark_scaling", "format_table", "per_token_spread", "plot_scaling"]
@@ -114,10 +114,7 @@ def benchmark_scaling(
         raise EanetError("batch size and repeats must be at least 1, warm-up at least 0")
     if not 0.0 <= dropout < 1.0:
         raise EanetError(f"dropout must be in [0, 1), got {dropout}")
-    if threads is not None:
-        if threads < 1:
-            raise EanetError(f"threads must be at least 1, got {threads}")
-        torch.set_num_threads(threads)
+    set_threads(threads)
     dev = resolve_device(device)
     say = progress or (lambda _msg: None)
     rows = []
