@@ -135,7 +135,10 @@ def exporting() -> bool:
 
 
 def _use_kernels(x: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and x.dtype == torch.float32 and not exporting() and fused_kernels_available()
+    """The fp32 kernels apply: a CPU fp32 tensor, no autocast (under bf16 autocast the PyTorch path's
+    bf16 matrix products are faster than the kernels' fp32 ones), not exporting, kernels built."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+            and not exporting() and fused_kernels_available())
 
 
 def counting_flops() -> bool:
