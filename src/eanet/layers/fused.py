@@ -651,6 +651,38 @@ Dims check(const at::Tensor& x, const at::Tensor& w_in, const at::Tensor& b_in, 
 // Row ranges [part * rows / parts, (part + 1) * rows / parts).
 inline int64_t part_begin(int64_t part, int64_t parts, int64_t rows) { return part * rows / parts; }
 
+// The softmax over the N rows (tokens) of one sample's logits L (N x G), in `parts` row blocks in
+// parallel: col_max adds the bias and finds each column's max m, exp_sum writes exp(L - m) in place,
+// and rs gets 1 / (column sum). pm and ps are per-block scratch of parts * G values.
+inline void column_softmax_stats(float* L, int64_t N, int64_t G, const float* bin, int64_t parts,
+                                 std::vector<float>& pm, std::vector<float>& ps, std::vector<float>& m,
+                                 std::vector<float>& rs) {
+  std::fill(pm.begin(), pm.end(), -std::numeric_limits<float>::infinity());
+  std::fill(ps.begin(), ps.end(), 0.f);
+  at::parallel_for(0, parts, 1, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t r0 = part_begin(q, parts, N), r1 = part_begin(q + 1, parts, N);
+      col_max(L + r0 * G, r1 - r0, G, bin, pm.data() + q * G);
+    }
+  });
+  for (int64_t g = 0; g < G; ++g) {
+    float v = -std::numeric_limits<float>::infinity();
+    for (int64_t q = 0; q < parts; ++q) v = std::max(v, pm[q * G + g]);
+    m[g] = v;
+  }
+  at::parallel_for(0, parts, 1, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t r0 = part_begin(q, parts, N), r1 = part_begin(q + 1, parts, N);
+      exp_sum(L + r0 * G, r1 - r0, G, m.data(), ps.data() + q * G);
+    }
+  });
+  for (int64_t g = 0; g < G; ++g) {
+    float v = 0.f;
+    for (int64_t q = 0; q < parts; ++q) v += ps[q * G + g];
+    rs[g] = 1.f / v;
+  }
+}
+
 at::Tensor ea_forward(const at::Tensor& x, const at::Tensor& w_in, const at::Tensor& b_in, const at::Tensor& w_out,
                       const at::Tensor& b_out, int64_t heads, double eps_, double p_attn, double p_proj,
                       const at::Tensor& seed_t) {
@@ -706,30 +738,7 @@ at::Tensor ea_forward(const at::Tensor& x, const at::Tensor& w_in, const at::Ten
   std::vector<float> pm(parts * G), ps(parts * G), rs(G), m(G);
   for (int64_t b = 0; b < B; ++b) {
     at::mm_out(L, x2.narrow(0, b * N, N), wt_in);
-    std::fill(pm.begin(), pm.end(), -std::numeric_limits<float>::infinity());
-    std::fill(ps.begin(), ps.end(), 0.f);
-    at::parallel_for(0, parts, 1, [&](int64_t q0, int64_t q1) {
-      for (int64_t q = q0; q < q1; ++q) {
-        const int64_t r0 = part_begin(q, parts, N), r1 = part_begin(q + 1, parts, N);
-        col_max(Lp + r0 * G, r1 - r0, G, bin, pm.data() + q * G);
-      }
-    });
-    for (int64_t g = 0; g < G; ++g) {
-      float v = -std::numeric_limits<float>::infinity();
-      for (int64_t q = 0; q < parts; ++q) v = std::max(v, pm[q * G + g]);
-      m[g] = v;
-    }
-    at::parallel_for(0, parts, 1, [&](int64_t q0, int64_t q1) {
-      for (int64_t q = q0; q < q1; ++q) {
-        const int64_t r0 = part_begin(q, parts, N), r1 = part_begin(q + 1, parts, N);
-        exp_sum(Lp + r0 * G, r1 - r0, G, m.data(), ps.data() + q * G);
-      }
-    });
-    for (int64_t g = 0; g < G; ++g) {
-      float v = 0.f;
-      for (int64_t q = 0; q < parts; ++q) v += ps[q * G + g];
-      rs[g] = 1.f / v;
-    }
+    column_softmax_stats(Lp, N, G, bin, parts, pm, ps, m, rs);
     at::parallel_for(0, parts, 1, [&](int64_t q0, int64_t q1) {
       RowScratch sc(G);
       for (int64_t q = q0; q < q1; ++q) {
@@ -839,30 +848,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ea_backwa
   for (int64_t b = 0; b < B; ++b) {
     auto xb = x2.narrow(0, b * N, N);
     at::mm_out(A, xb, wt_in);
-    std::fill(pm.begin(), pm.end(), -std::numeric_limits<float>::infinity());
-    std::fill(ps.begin(), ps.end(), 0.f);
-    at::parallel_for(0, parts, 1, [&](int64_t q0, int64_t q1) {
-      for (int64_t q = q0; q < q1; ++q) {
-        const int64_t r0 = part_begin(q, parts, N), r1 = part_begin(q + 1, parts, N);
-        col_max(Ap + r0 * G, r1 - r0, G, bin, pm.data() + q * G);
-      }
-    });
-    for (int64_t g = 0; g < G; ++g) {
-      float v = -std::numeric_limits<float>::infinity();
-      for (int64_t q = 0; q < parts; ++q) v = std::max(v, pm[q * G + g]);
-      m[g] = v;
-    }
-    at::parallel_for(0, parts, 1, [&](int64_t q0, int64_t q1) {
-      for (int64_t q = q0; q < q1; ++q) {
-        const int64_t r0 = part_begin(q, parts, N), r1 = part_begin(q + 1, parts, N);
-        exp_sum(Ap + r0 * G, r1 - r0, G, m.data(), ps.data() + q * G);
-      }
-    });
-    for (int64_t g = 0; g < G; ++g) {
-      float v = 0.f;
-      for (int64_t q = 0; q < parts; ++q) v += ps[q * G + g];
-      rs[g] = 1.f / v;
-    }
+    column_softmax_stats(Ap, N, G, bin, parts, pm, ps, m, rs);
     float* Dp = Dd.data_ptr<float>();
     at::parallel_for(0, parts, 1, [&](int64_t q0, int64_t q1) {
       RowScratch sc(G);
