@@ -1,9 +1,13 @@
 """`eanet compare`: EANet and ViT trained under identical settings, one table, one overlay plot."""
 
 import json
+import statistics
 
+import pytest
 from PIL import Image
 from trainhelp import TINY, run_cli
+
+from eanet.cli import main
 
 
 def test_compare_trains_both_models_and_tabulates(tmp_path):
@@ -12,7 +16,7 @@ def test_compare_trains_both_models_and_tabulates(tmp_path):
     result = run_cli(["compare", "--models", "eanet_keras,vit_keras", *tiny, "--epochs", "2", "--out", str(out),
                       "--quiet"], tmp_path)
     assert result.returncode == 0, result.stderr
-    rows = json.loads((out / "compare.json").read_text())
+    rows = json.loads((out / "compare.json").read_text())["runs"]
     assert [r["model"] for r in rows] == ["eanet_keras", "vit_keras"]
     assert [r["attention"] for r in rows] == ["external", "self"]
     for r in rows:
@@ -31,8 +35,9 @@ def test_compare_trains_both_models_and_tabulates(tmp_path):
     assert again.returncode == 0, again.stderr
     first = [{k: v for k, v in r.items() if k != "run"} for r in rows]
     second = [{k: v for k, v in r.items() if k != "run"} for r in json.loads((tmp_path / "again" / "compare.json")
-                                                                             .read_text())]
+                                                                             .read_text())["runs"]]
     assert first == second
+    assert json.loads((out / "compare.json").read_text())["seed_groups"] == []  # two settings, no repeats
 
 
 def test_compare_refuses_an_unfinished_run(tmp_path):
@@ -40,3 +45,21 @@ def test_compare_refuses_an_unfinished_run(tmp_path):
     result = run_cli(["compare", str(tmp_path / "half")], tmp_path)
     assert result.returncode == 1 and "not a finished run" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_compare_summarises_repeats_of_one_setting_over_seeds(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EANET_CACHE_DIR", str(tmp_path / "cache"))
+    runs = []
+    for seed in (0, 1, 2):
+        runs.append(tmp_path / f"s{seed}")
+        main(["train", *TINY, "--epochs", "1", "--seed", str(seed), "--out", str(runs[-1]), "--quiet"])
+    main(["train", *TINY, "--epochs", "1", "--lr", "3e-3", "--out", str(tmp_path / "other"), "--quiet"])
+    capsys.readouterr()
+    main(["compare", *map(str, runs), str(tmp_path / "other"), "--out", str(tmp_path / "cmp")])
+    out = capsys.readouterr().out
+    summary = json.loads((tmp_path / "cmp" / "compare.json").read_text())["seed_groups"]
+    assert len(summary) == 1 and summary[0]["seeds"] == [0, 1, 2]  # the lr=3e-3 run is another setting
+    top1 = [100 * json.loads((r / "results.json").read_text())["test"]["top1"] for r in runs]
+    assert summary[0]["test_top1_mean"] == pytest.approx(statistics.mean(top1))
+    assert summary[0]["test_top1_std"] == pytest.approx(statistics.stdev(top1))
+    assert f"{statistics.mean(top1):.2f} ± {statistics.stdev(top1):.2f}%" in out

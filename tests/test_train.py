@@ -27,7 +27,7 @@ def cache(tmp_path, monkeypatch):
 
 def test_run_folder_has_every_file(tmp_path, cache, capsys):
     run = tmp_path / "run"
-    main(["train", *TINY, "--epochs", "2", "--out", str(run), "--quiet"])
+    main(["train", *TINY, "--epochs", "2", "--out", str(run), "--quiet", "--set", "tta=flip"])
     for name in ("config.yaml", "metrics.csv", "curves.png", "checkpoint-last.pt", "checkpoint-best.pt",
                  "model.safetensors", "config.json", "README.md", "results.json"):
         assert (run / name).is_file(), name
@@ -61,6 +61,7 @@ def test_run_folder_has_every_file(tmp_path, cache, capsys):
     meta = yaml.safe_load(card.split("---")[1])
     metrics = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
     task = meta["model-index"][0]["results"][0]
+    assert "flip test-time augmentation" in card
     assert task["task"]["type"] == "image-classification" and task["dataset"]["type"] == "synthetic"
     capsys.readouterr()
     main(["evaluate", str(run), "--json"])

@@ -74,6 +74,8 @@ def write_model_card(model_dir: str | Path, *, run_name: str, model_name: str, d
         metrics=["accuracy"],
         eval_results=[result("accuracy", "Top-1 accuracy", top1), result("top-5 accuracy", "Top-5 accuracy", top5)],
     )
+    tta = (" with flip test-time augmentation (each image and its mirror image, logits averaged)"
+           if config.get("tta") == "flip" else "")
     settings = "\n".join(f"| `{k}` | `{v}` |" for k, v in config.items() if v not in (None, {}, []))
     body = f"""
 # {run_name}
@@ -90,7 +92,7 @@ Layers for Visual Tasks") in the Keras example's image classifier.
 | top-5 accuracy | {top5:.2f}% |
 | loss | {test_metrics["loss"]:.4f} |
 
-Measured by evaluating these weights on all {test_metrics["count"]:,} test images after training
+Measured by evaluating these weights on all {test_metrics["count"]:,} test images after training{tta}
 (`eanet evaluate <this folder>` gives the same figures).
 
 ## Use

@@ -34,8 +34,42 @@ def read_run(run_dir: Path) -> dict:
         "inference_images_per_second": results["test"].get("images_per_second"),
         "test_top1": results["test"]["top1"], "test_top5": results["test"]["top5"],
         "best_val_top1": max((r["val_top1"] for r in history if r.get("val_top1") is not None), default=None),
-        "epochs": len(history), "history": history,
+        "epochs": len(history), "seed": config.get("seed"), "history": history,
+        "setting": {k: v for k, v in config.items() if k not in RUN_ONLY_FIELDS},
     }
+
+
+# config fields that say where and how a run ran, not what it trained: runs that differ only in these
+# (and in the seed) are repeats of one setting
+RUN_ONLY_FIELDS = ("seed", "out", "log", "device", "threads", "data_dir", "checkpoint_seconds", "eval_batch_size")
+
+
+def seed_groups(rows: list[dict]) -> list[dict]:
+    """Runs of one setting with different seeds, as mean and sample standard deviation of the test metrics."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(json.dumps(r["setting"], sort_keys=True, default=str), []).append(r)
+    summary = []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        top1 = [100 * m["test_top1"] for m in members]
+        top5 = [100 * m["test_top5"] for m in members]
+        summary.append({"model": members[0]["model"], "attention": members[0]["attention"],
+                        "recipe": members[0]["setting"].get("recipe"), "seeds": [m["seed"] for m in members],
+                        "test_top1_mean": statistics.mean(top1), "test_top1_std": statistics.stdev(top1),
+                        "test_top5_mean": statistics.mean(top5), "test_top5_std": statistics.stdev(top5)})
+    return summary
+
+
+def seed_table(groups: list[dict]) -> str:
+    lines = ["| model | attention | recipe | seeds | test top-1 (mean ± std) | test top-5 (mean ± std) |",
+             "|---|---|---|---|---:|---:|"]
+    for g in groups:
+        lines.append(f"| {g['model']} | {g['attention']} | {g['recipe']} | {', '.join(map(str, g['seeds']))} | "
+                     f"{g['test_top1_mean']:.2f} ± {g['test_top1_std']:.2f}% | "
+                     f"{g['test_top5_mean']:.2f} ± {g['test_top5_std']:.2f}% |")
+    return "\n".join(lines)
 
 
 def table(rows: list[dict]) -> str:
@@ -85,9 +119,12 @@ def compare_cmd(runs, models, recipe, sets, out, quiet, **options) -> None:
     rows = [read_run(Path(r)) for r in runs]
     out.mkdir(parents=True, exist_ok=True)
     text = table(rows)
+    groups = seed_groups(rows)
+    if groups:
+        text += "\n\nRepeats of one setting with different seeds (sample standard deviation):\n\n" + seed_table(groups)
     atomic_write_text(out / "compare.md", text + "\n")
-    atomic_write_text(out / "compare.json", json.dumps([{k: v for k, v in r.items() if k != "history"} for r in rows],
-                                                       indent=2) + "\n")
+    listed = [{k: v for k, v in r.items() if k not in ("history", "setting")} for r in rows]
+    atomic_write_text(out / "compare.json", json.dumps({"runs": listed, "seed_groups": groups}, indent=2) + "\n")
     plot_comparison({f"{r['model']} ({Path(r['run']).name})": r["history"] for r in rows}, out / "compare.png",
                     title="EANet vs ViT")
     click.echo(text)

@@ -12,11 +12,12 @@ from eanet.errors import EanetError
 
 
 def evaluate_dir(path: Path, *, split: str = "test", dataset: str | None = None, data_dir: str | None = None,
-                 label_smoothing: float | None = None, batch_size: int = 500, device: str = "cpu") -> dict:
+                 label_smoothing: float | None = None, batch_size: int = 500, device: str = "cpu",
+                 tta: str | None = None) -> dict:
     """Evaluate the model in ``path`` (a run folder or a ``save_pretrained`` folder) on a split.
 
     A run folder's ``config.yaml`` supplies the dataset, validation fraction and label smoothing
-    (so the loss matches training's); explicit arguments win.
+    (so the loss matches training's) and test-time augmentation; explicit arguments win.
     """
     from eanet.data import load_dataset
     from eanet.evaluate import evaluate
@@ -36,7 +37,8 @@ def evaluate_dir(path: Path, *, split: str = "test", dataset: str | None = None,
     smoothing = label_smoothing if label_smoothing is not None else run_cfg.get("label_smoothing", 0.0)
     result = evaluate(model, subset.images, subset.labels, batch_size=batch_size, device=device,
                       precision=run_cfg.get("precision", "fp32"), label_smoothing=smoothing,
-                      coarse_labels=subset.coarse_labels, coarse_names=ds.coarse_classes)
+                      coarse_labels=subset.coarse_labels, coarse_names=ds.coarse_classes,
+                      tta=tta or run_cfg.get("tta", "none"))
     return {"split": split, "dataset": ds.name, **result}
 
 
@@ -47,12 +49,13 @@ def evaluate_dir(path: Path, *, split: str = "test", dataset: str | None = None,
 @click.option("--data-dir", help="where the dataset is")
 @click.option("--label-smoothing", type=float, help="in the loss (default: the run's, else 0)")
 @click.option("--batch-size", type=int, default=500, show_default=True)
+@click.option("--tta", type=click.Choice(["none", "flip"]), help="test-time augmentation (default: the run's)")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
-def evaluate_cmd(path, split, dataset, data_dir, label_smoothing, batch_size, device, as_json) -> None:
+def evaluate_cmd(path, split, dataset, data_dir, label_smoothing, batch_size, tta, device, as_json) -> None:
     """Evaluate a run folder or saved model: loss, top-1, top-5, and top-1 per coarse class."""
     result = evaluate_dir(path, split=split, dataset=dataset, data_dir=data_dir, label_smoothing=label_smoothing,
-                          batch_size=batch_size, device=device)
+                          batch_size=batch_size, device=device, tta=tta)
     if as_json:
         click.echo(json.dumps(result))
         return

@@ -294,7 +294,7 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo, *, resume, co
                 elif global_step == WARMUP_STEPS + CALIBRATION_STEPS:
                     # first estimate: evaluation (forward only) costs about a third of a training step per image
                     per_step = (now - calibration_start) / CALIBRATION_STEPS
-                    per_image_eval = per_step / cfg.batch_size / 3
+                    per_image_eval = per_step / cfg.batch_size / 3 * (2 if cfg.tta == "flip" else 1)
                     val_seconds = (len(ds.val) if ds.val is not None else 0) * per_image_eval
                     total_steps = _fit_to_budget(budget_seconds, elapsed, per_step + val_seconds / steps_per_epoch,
                                                  len(ds.test) * per_image_eval + 5.0, global_step, cfg.max_steps)
@@ -322,7 +322,7 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo, *, resume, co
         if info.is_main and ds.val is not None:
             val = evaluate(ema.module if ema is not None else model, ds.val.images, ds.val.labels,
                            batch_size=cfg.eval_batch_size, device=device, precision=cfg.precision,
-                           label_smoothing=cfg.label_smoothing)
+                           label_smoothing=cfg.label_smoothing, tta=cfg.tta)
             row.update(val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"])
             val_seconds = val["count"] / val["images_per_second"]
         barrier(info)
@@ -356,7 +356,7 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo, *, resume, co
     if info.is_main:
         _save_model(final, run_dir)
         test = evaluate(final, ds.test.images, ds.test.labels, batch_size=cfg.eval_batch_size, device=device,
-                        precision=cfg.precision, label_smoothing=cfg.label_smoothing,
+                        precision=cfg.precision, label_smoothing=cfg.label_smoothing, tta=cfg.tta,
                         coarse_labels=ds.test.coarse_labels, coarse_names=ds.coarse_classes)
         write_model_card(run_dir, run_name=run_dir.name, model_name=cfg.model, dataset=cfg.dataset,
                          test_metrics=test, config=cfg.to_dict(), parameters=params,
