@@ -59,7 +59,7 @@ class TrainConfig:
     compile: bool = False
     threads: int | None = None
     eval_batch_size: int = 500
-    tta: str = "none"  # test-time augmentation for validation and test: none | flip (mirror, logits averaged)
+    tta: str = "none"  # test-time augmentation for validation and test: eanet.evaluate.TTA_MODES
     # output
     out: str | None = None  # run folder; default runs/<recipe>-<model>-s<seed>
     checkpoint_seconds: float = 60.0  # also checkpoint within an epoch this often
@@ -80,6 +80,8 @@ class TrainConfig:
         return cfg
 
     def validate(self) -> None:
+        from eanet.evaluate import TTA_MODES  # the one list of test-time augmentations evaluate() knows
+
         checks = [
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.batch_size >= 1, "batch size must be >= 1"),
@@ -90,7 +92,7 @@ class TrainConfig:
             (self.log in ("progress", "quiet", "jsonl"), f"unknown log mode {self.log!r} (progress, quiet, jsonl)"),
             (self.max_steps is None or self.max_steps >= 1, "max steps must be >= 1"),
             (self.time_budget is None or self.time_budget > 0, "time budget must be > 0 minutes"),
-            (self.tta in ("none", "flip"), f"unknown test-time augmentation {self.tta!r} (none, flip)"),
+            (self.tta in TTA_MODES, f"unknown test-time augmentation {self.tta!r} ({', '.join(TTA_MODES)})"),
             (self.ema_decay is None or 0.0 < self.ema_decay < 1.0, "EMA decay must be in (0, 1)"),
         ]
         for ok, message in checks:
