@@ -82,6 +82,33 @@ def test_self_attention_matches_explicit_softmax():
     torch.testing.assert_close(out, layer.proj(manual))
 
 
+def test_self_attention_under_bf16_autocast_on_cpu_agrees_with_fp32():
+    # under bf16 on the CPU, small N takes the explicit q k^T softmax path instead of PyTorch's flash kernel
+    torch.manual_seed(0)
+    layer = SelfAttention(32, num_heads=4, head_dim=8)
+    x = torch.randn(3, 17, 32, requires_grad=True)
+    ref = layer(x)
+    (ref_grad,) = torch.autograd.grad(ref.square().sum(), x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    (grad,) = torch.autograd.grad(out.float().square().sum(), x)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, atol=0.05, rtol=0.05)
+    torch.testing.assert_close(grad, ref_grad, atol=0.1, rtol=0.1)
+
+
+def test_self_attention_dropout_applies_on_the_bf16_cpu_path():
+    torch.manual_seed(0)
+    layer = SelfAttention(16, num_heads=2, head_dim=8, attn_drop=0.5)
+    x = torch.randn(2, 9, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a, b = layer(x), layer(x)
+        layer.eval()
+        c, d = layer(x), layer(x)
+    assert not torch.equal(a, b)  # training: a fresh mask each call
+    assert torch.equal(c, d)  # evaluation: no dropout
+
+
 def test_external_attention_cost_is_linear_in_tokens():
     from torch.utils.flop_counter import FlopCounterMode
 

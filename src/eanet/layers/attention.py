@@ -158,6 +158,21 @@ class ExternalAttention(nn.Module):
         return (out, attn) if return_attention else out
 
 
+# PyTorch's CPU flash-attention kernel is slow in bf16 for small N and narrow heads: at batch 128, 8 heads,
+# N = 64, head width 16, forward+backward took 84 ms against 9.7 ms for the three explicit ops below (fp32:
+# 28 vs 29 ms; bf16 at N = 1024 they tie; at N = 4096 flash wins and holds O(N) memory). So under bf16 or
+# fp16 on the CPU, up to this many tokens, attention is computed explicitly.
+_CPU_LOW_PRECISION_EXPLICIT_MAX_N = 1024
+
+
+def _explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, dropout_p: float) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(head_dim))`` with dropout on the probabilities, times ``v``: the N x N matrix
+    is materialised (fine for the small N it is used for)."""
+    attn = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    attn = F.dropout(attn.softmax(dim=-1), p=dropout_p, training=dropout_p > 0)
+    return attn @ v
+
+
 class SelfAttention(nn.Module):
     """Multi-head scaled dot-product self-attention, the ViT token mixer: O(d * N^2) per sample.
 
@@ -211,7 +226,11 @@ class SelfAttention(nn.Module):
         qkv = self.qkv(x).view(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
         drop = self.attn_drop if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        low_precision_cpu = q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)
+        if low_precision_cpu and tokens <= _CPU_LOW_PRECISION_EXPLICIT_MAX_N:
+            out = _explicit_attention(q, k, v, dropout_p=drop)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
         out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(batch, tokens, -1)))
         if return_attention:
             attn = (q @ k.transpose(-2, -1) * self.head_dim**-0.5).softmax(dim=-1)
