@@ -64,6 +64,10 @@ class PatchEmbed(nn.Module):
     def grid(self, img_size: int) -> int:
         return img_size // self.patch_size
 
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """The token grid ``(rows, columns)`` of a ``height x width`` image."""
+        return height // self.patch_size, width // self.patch_size
+
 
 class ConvStem(nn.Module):
     """A small convolutional tokenizer: ``3x3 conv -> BN -> GELU`` stages, then a 1x1 projection.
@@ -94,3 +98,10 @@ class ConvStem(nn.Module):
 
     def grid(self, img_size: int) -> int:
         return img_size // self.reduction
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """The token grid ``(rows, columns)`` of a ``height x width`` image (3x3 convs, padding 1)."""
+        for conv in self.body:
+            if isinstance(conv, nn.Conv2d) and conv.stride[0] > 1:
+                height, width = (height - 1) // conv.stride[0] + 1, (width - 1) // conv.stride[1] + 1
+        return height, width

@@ -18,9 +18,11 @@ conditions". Every constructor argument is JSON data: it is what ``config.json``
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
@@ -156,10 +158,23 @@ class EANet(
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Raw pixels ``(B, C, H, W)`` -> tokens ``(B, N, d)`` after the blocks (and the final norm)."""
+        height, width = x.shape[-2:]
         x = self.stem(self.normalize(x))
         if self.pos_embed is not None:
-            x = x + self.pos_embed
+            x = x + self.position_embedding(height, width)
         return self.norm(self.blocks(x))
+
+    def position_embedding(self, height: int, width: int) -> torch.Tensor:
+        """The ``(1, N, d)`` position embedding for a ``height x width`` input: the learned one at the
+        training size, bilinearly resized to the token grid at any other (progressive resizing trains
+        on smaller images; :mod:`eanet.train.resolution`)."""
+        rows, cols = self.stem.output_size(height, width)
+        if rows * cols == self.num_tokens and (height, width) == (self.img_size, self.img_size):
+            return self.pos_embed
+        side = math.isqrt(self.num_tokens)
+        grid = self.pos_embed.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(rows, cols), mode="bilinear", align_corners=False, antialias=True)
+        return grid.flatten(2).transpose(1, 2)
 
     def forward_head(self, x: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
         """Tokens ``(B, N, d)`` -> pooled features ``(B, d)`` (``pre_logits``) or logits ``(B, classes)``."""

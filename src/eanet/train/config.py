@@ -52,6 +52,8 @@ class TrainConfig:
     cutmix_alpha: float = 0.0
     mix_prob: float = 1.0
     erasing_prob: float = 0.0
+    # progressive resizing (eanet.train.resolution): [[start_fraction, image_size], ...] over the steps
+    resolution_schedule: list | None = None
     # machine
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -98,6 +100,10 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise EanetError(message)
+        if self.resolution_schedule is not None:  # its form here; the sizes against the data's in training
+            from eanet.train.resolution import ResolutionSchedule
+
+            ResolutionSchedule(self.resolution_schedule)
 
 
 def list_recipes() -> list[str]:

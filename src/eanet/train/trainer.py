@@ -58,6 +58,7 @@ from eanet.train.distributed import (
     pick_device,
     setup_distributed,
 )
+from eanet.train.resolution import ResolutionSchedule, fit_steps_to_budget, resize_batch, time_forward_backward
 from eanet.train.schedule import learning_rate
 
 __all__ = ["train", "RunResult", "CSV_COLUMNS", "default_run_dir"]
@@ -195,7 +196,11 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo, *, resume, co
     if info.enabled:
         forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
 
-    # ---- schedule: total steps from epochs (or fitted to --time-budget after CALIBRATION_STEPS)
+    # ---- schedule: total steps from epochs (or fitted to --time-budget after CALIBRATION_STEPS), and the
+    # image size of each step (progressive resizing, eanet.train.resolution)
+    native_size = ds.train.images.shape[-1]
+    sizes = (ResolutionSchedule(cfg.resolution_schedule, native=native_size) if cfg.resolution_schedule
+             else None)
     total_steps = cfg.epochs * steps_per_epoch
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
@@ -239,6 +244,28 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo, *, resume, co
     budget_seconds = cfg.time_budget * 60.0 if cfg.time_budget else None
     run_start = time.perf_counter() - elapsed
     calibration_start = None
+    # the budget fit's cost model: a step at image size s costs forward_backward[s] + overhead seconds
+    forward_backward = {native_size: 0.0}
+    if budget_seconds is not None and sizes is not None:
+        forward_backward = time_forward_backward(model, ds.train.images[:per_rank_batch].to(device), sizes.sizes,
+                                                 autocast=autocast)
+
+    def mean_forward_backward(first: int, last: int, total: int) -> float:
+        """Mean forward+backward seconds (by image size) of steps ``[first, last)`` of ``total``."""
+        if sizes is None or last <= first:
+            return 0.0
+        return sum(forward_backward[sizes.size_at(s, total)] for s in range(first, last)) / (last - first)
+
+    def refit(seconds_left: float, overhead: float) -> int:
+        """Total steps that fit in ``seconds_left`` from ``global_step`` on (same on every process)."""
+        overhead = max(overhead, 0.0)
+
+        def seconds_for(total: int) -> float:
+            counts = sizes.step_counts(global_step, total) if sizes else {native_size: total - global_step}
+            return sum(n * (forward_backward[size] + overhead) for size, n in counts.items())
+
+        steps = fit_steps_to_budget(seconds_left, global_step, seconds_for, cfg.max_steps)
+        return int(broadcast_from_main([steps], info, device)[0])
     lr = cfg.lr
     stop = False
 
@@ -257,6 +284,8 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo, *, resume, co
             for group in optimizer.param_groups:
                 group["lr"] = lr
             inputs, targets = augment(images, labels)
+            if sizes is not None:
+                inputs = resize_batch(inputs, sizes.size_at(global_step, total_steps))
             with autocast:
                 logits = forward(inputs)
             loss = soft_cross_entropy(logits, targets, label_smoothing=cfg.label_smoothing)
@@ -294,11 +323,13 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo, *, resume, co
                 elif global_step == WARMUP_STEPS + CALIBRATION_STEPS:
                     # first estimate: evaluation (forward only) costs about a third of a training step per image
                     per_step = (now - calibration_start) / CALIBRATION_STEPS
-                    per_image_eval = per_step / cfg.batch_size / 3 * (2 if cfg.tta == "flip" else 1)
+                    full_step = per_step - mean_forward_backward(global_step - CALIBRATION_STEPS, global_step,
+                                                                 total_steps) + forward_backward[native_size]
+                    per_image_eval = full_step / cfg.batch_size / 3 * (2 if cfg.tta == "flip" else 1)
                     val_seconds = (len(ds.val) if ds.val is not None else 0) * per_image_eval
-                    total_steps = _fit_to_budget(budget_seconds, elapsed, per_step + val_seconds / steps_per_epoch,
-                                                 len(ds.test) * per_image_eval + 5.0, global_step, cfg.max_steps)
-                    total_steps = int(broadcast_from_main([total_steps], info, device)[0])
+                    overhead = (per_step - mean_forward_backward(global_step - CALIBRATION_STEPS, global_step,
+                                                                 total_steps) + val_seconds / steps_per_epoch)
+                    total_steps = refit(budget_seconds - elapsed - len(ds.test) * per_image_eval - 5.0, overhead)
                     calibrated = True
                     epoch_steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
                     bar.total = epoch_steps
@@ -346,9 +377,8 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo, *, resume, co
             per_step = (time.perf_counter() - epoch_start) / (global_step - epoch_first_step)
             test_seconds = val_seconds * len(ds.test) / len(ds.val) if ds.val is not None else 10 * per_step
             elapsed = time.perf_counter() - run_start
-            total_steps = _fit_to_budget(budget_seconds, elapsed, per_step, test_seconds + 5.0, global_step,
-                                         cfg.max_steps)
-            total_steps = int(broadcast_from_main([total_steps], info, device)[0])
+            overhead = per_step - mean_forward_backward(epoch_first_step, global_step, total_steps)
+            total_steps = refit(budget_seconds - elapsed - test_seconds - 5.0, overhead)
 
     # ---- the final model: saved in the Hugging Face layout, evaluated on the test split
     final = ema.module if ema is not None else model
@@ -372,18 +402,6 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo, *, resume, co
                                     f"Test top 5 accuracy: {100 * test['top5']:.2f}%\nRun folder: {run_dir}")
     barrier(info)
     return RunResult(run_dir=run_dir, test=test, history=history)
-
-
-def _fit_to_budget(budget_seconds: float, elapsed: float, seconds_per_step: float, final_seconds: float,
-                   global_step: int, max_steps: int | None) -> int:
-    """Total optimizer steps that fit in ``budget_seconds``: the steps already done plus as many more
-    as the time left (less ``final_seconds`` for the test evaluation and saving) allows at
-    ``seconds_per_step`` (training plus its share of the per-epoch validation)."""
-    remaining = budget_seconds - elapsed - final_seconds
-    steps = global_step + int(max(0.0, remaining) / seconds_per_step)
-    if max_steps:
-        steps = min(steps, max_steps)
-    return max(steps, global_step + 1)
 
 
 def _save_model(model: nn.Module, run_dir: Path) -> None:
