@@ -54,11 +54,23 @@ def test_benchmark_table_output(capsys):
     assert "vit_keras" in out and "img/s" in out and "% of peak" in out
 
 
+def test_benchmark_times_a_recipes_model_with_overrides(capsys):
+    result = json.loads(run_cli(capsys, *TINY, "--no-memory", "--recipe", "cifar100-fast", "--set",
+                                "model_args.depth=1", "--set", "model_args.attention=self", "--json"))
+    assert result["model"] == "eanet_keras"
+    assert result["model_args"]["stem"] == "conv" and result["model_args"]["depth"] == 1  # recipe, then --set
+    assert result["model_args"]["attention"] == "self" and result["train_images_per_second"] > 0
+    out = run_cli(capsys, *TINY, "--no-memory", "--recipe", "cifar100-fast")
+    assert out.startswith("eanet_keras (cifar100-fast recipe) on")
+
+
 @pytest.mark.parametrize("args, message", [
     (["--model", "no_such_model"], "unknown model"),
     (["--device", "warp9"], "unknown device"),
     (["--batch-size", "0"], "batch size"),
     (["--scaling", "--tokens", "64,x"], "--tokens"),
+    (["--set", "lr=0.1"], "model_args.KEY=VALUE only"),
+    (["--set", "model_args.no_such_arg=1"], "no_such_arg"),
 ])
 def test_bad_input_is_a_one_line_error(capsys, args, message):
     with pytest.raises(SystemExit) as exc:

@@ -131,3 +131,12 @@ def test_bad_resolution_schedule_is_a_one_line_error(tmp_path, monkeypatch, caps
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "images' size (32)" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "run" / "checkpoint-last.pt").exists()
+
+
+def test_the_default_recipe_resizes_and_set_null_turns_it_off():
+    from eanet.train.config import resolve_config
+
+    assert resolve_config().resolution_schedule == [[0.0, 16], [0.25, 24], [0.55, 32]]
+    cfg = resolve_config(sets={"resolution_schedule": None, "time_budget": None}, epochs=3, lr=None)
+    assert cfg.resolution_schedule is None and cfg.time_budget is None  # --set key=null removes a recipe value
+    assert cfg.epochs == 3 and cfg.lr == 0.002  # a None option leaves the recipe's value

@@ -243,6 +243,7 @@ def _first_line(exc: BaseException) -> str:
 def benchmark_model(
     model: str = "eanet_keras",
     *,
+    model_args: dict | None = None,
     batch_size: int = 128,
     threads: int | None = None,
     dtype: str = "fp32",
@@ -256,7 +257,8 @@ def benchmark_model(
     memory: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
-    """Train and inference images/second of the registered ``model`` (see the module docstring).
+    """Train and inference images/second of the registered ``model``, built with ``model_args`` overriding
+    its registered configuration (see the module docstring).
 
     Returns one flat dictionary: throughputs (median and every run), seconds per step, model FLOPs per
     image, achieved FLOP/s and their fraction of the measured matrix-product peak, peak memory, and
@@ -275,8 +277,8 @@ def benchmark_model(
     dev = resolve_device(device)
     say = progress or (lambda _msg: None)
     try:
-        net = create_model(model)
-    except ValueError as exc:
+        net = create_model(model, **(model_args or {}))
+    except (ValueError, TypeError) as exc:
         raise EanetError(str(exc)) from None
     net = net.to(dev)
     torch.manual_seed(seed)
@@ -313,7 +315,8 @@ def benchmark_model(
             return infer(images)
 
     result: dict = {
-        "model": model, "batch_size": batch_size, "dtype": dtype, "compile": compile, "device": str(dev),
+        "model": model, "model_args": dict(model_args or {}),
+        "batch_size": batch_size, "dtype": dtype, "compile": compile, "device": str(dev),
         "threads": torch.get_num_threads(), "warmup": warmup, "steps": steps, "repeats": repeats,
         "fused_cpu_kernels": fused, "torch_version": torch.__version__,
         "cpu": cpu_name() if dev.type == "cpu" else torch.cuda.get_device_name(dev),

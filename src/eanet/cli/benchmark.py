@@ -25,7 +25,9 @@ def _mb(nbytes) -> str:
 
 
 @click.command("benchmark")
-@click.option("--model", "model_name", default="eanet_keras", show_default=True, help="registered model to time")
+@click.option("--model", "model_name", default=None, help="registered model to time (default eanet_keras)")
+@click.option("--recipe", default=None, help="time this training recipe's model (its model and model_args)")
+@click.option("--set", "sets", multiple=True, metavar="model_args.KEY=VALUE", help="override one model argument")
 @click.option("--batch-size", type=int, default=None,
               help="images per step (default 128), or sequences per step with --scaling (default 4)")
 @click.option("--threads", type=int, default=None, help="torch.set_num_threads (default: PyTorch's choice)")
@@ -53,8 +55,8 @@ def _mb(nbytes) -> str:
 @click.option("--out", type=click.Path(path_type=Path), default=Path("scaling.png"), show_default=True,
               help="--scaling: where to write the log-log plot")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object (a list of rows with --scaling)")
-def benchmark_cmd(model_name, batch_size, threads, dtype, use_compile, device, warmup, steps, repeats, seed,
-                  peak_size, measure_memory, scaling, tokens, dropout, memory_limit, out, as_json):
+def benchmark_cmd(model_name, recipe, sets, batch_size, threads, dtype, use_compile, device, warmup, steps,
+                  repeats, seed, peak_size, measure_memory, scaling, tokens, dropout, memory_limit, out, as_json):
     """Images/second of a model's training step and inference, or (--scaling) the cost of external against
     self-attention as the number of tokens grows.
 
@@ -71,9 +73,10 @@ def benchmark_cmd(model_name, batch_size, threads, dtype, use_compile, device, w
         return
     from eanet.benchmarks.model_speed import benchmark_model
 
+    model_name, model_args = _model_and_args(model_name, recipe, sets)
     result = benchmark_model(
-        model_name, batch_size=128 if batch_size is None else batch_size, threads=threads, dtype=dtype,
-        compile=use_compile, device=device, warmup=3 if warmup is None else warmup, steps=steps,
+        model_name, model_args=model_args, batch_size=128 if batch_size is None else batch_size, threads=threads,
+        dtype=dtype, compile=use_compile, device=device, warmup=3 if warmup is None else warmup, steps=steps,
         repeats=5 if repeats is None else repeats, seed=seed, peak_size=peak_size, memory=measure_memory,
         progress=progress,
     )
@@ -81,7 +84,8 @@ def benchmark_cmd(model_name, batch_size, threads, dtype, use_compile, device, w
         click.echo(json.dumps(result))
         return
     r = result
-    click.echo(f"{r['model']} on {r['cpu']} ({r['device']}, {r['threads']} threads), batch {r['batch_size']}, "
+    what = r["model"] + (f" ({recipe} recipe)" if recipe else "") + (f" with {', '.join(sets)}" if sets else "")
+    click.echo(f"{what} on {r['cpu']} ({r['device']}, {r['threads']} threads), batch {r['batch_size']}, "
                f"{r['dtype']}, {'compiled' if r['compile'] else 'eager'}, fused CPU kernels: "
                f"{'yes' if r['fused_cpu_kernels'] else 'no'}")
     for phase in ("train", "inference"):
@@ -96,6 +100,26 @@ def benchmark_cmd(model_name, batch_size, threads, dtype, use_compile, device, w
                f"{r['inference_flops_per_image'] / 1e6:.1f} M; matmul peak ({r['matmul_peak_dtype']}, "
                f"{r['matmul_peak_size']}^3) {r['matmul_peak_flops'] / 1e9:.1f} GFLOP/s")
     click.echo(f"  memory: {r['memory_measure']}; process peak RSS {_mb(r['process_peak_rss_bytes'])}")
+
+
+def _model_and_args(model_name: str | None, recipe: str | None, sets: tuple[str, ...]) -> tuple[str, dict]:
+    """The model to time: ``--model``, else the recipe's, else eanet_keras; its arguments: the recipe's
+    ``model_args``, then ``--set model_args.KEY=VALUE``."""
+    from eanet.cli.train import _parse_sets
+
+    args: dict = {}
+    if recipe:
+        from eanet.train.config import load_recipe
+
+        fields = load_recipe(recipe)
+        model_name = model_name or fields.get("model")
+        args = dict(fields.get("model_args") or {})
+    parsed = _parse_sets(sets)
+    unknown = sorted(set(parsed) - {"model_args"})
+    if unknown:
+        raise EanetError(f"--set of the benchmark takes model_args.KEY=VALUE only, got {', '.join(unknown)}")
+    args.update(parsed.get("model_args", {}))
+    return model_name or "eanet_keras", args
 
 
 def _scaling(tokens, batch_size, threads, device, warmup, repeats, seed, measure_memory, dropout, memory_limit,

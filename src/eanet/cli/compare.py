@@ -110,11 +110,11 @@ def compare_cmd(runs, models, recipe, sets, out, quiet, **options) -> None:
         from eanet.train.trainer import train
 
         overrides = {k: v for k, v in options.items() if v is not None}
-        overrides.update(_parse_sets(sets))
+        set_values = _parse_sets(sets)
         runs = []
         for name in [m.strip() for m in models.split(",") if m.strip()]:
             run_overrides = {**overrides, "model": name, "out": str(out / name), "log": "quiet" if quiet else None}
-            cfg = resolve_config(recipe or "keras-example", **run_overrides)
+            cfg = resolve_config(recipe or "keras-example", sets=set_values, **run_overrides)
             runs.append(train(cfg, command=f"eanet compare --models {models}").run_dir)
     rows = [read_run(Path(r)) for r in runs]
     out.mkdir(parents=True, exist_ok=True)

@@ -68,18 +68,19 @@ def train_cmd(recipe, resume, sets, compile_, **options) -> None:
     from eanet.train.trainer import train
 
     overrides = {k: v for k, v in options.items() if v is not None}
-    overrides.update(_parse_sets(sets))
+    sets = _parse_sets(sets)
     if compile_ is not None:
         overrides["compile"] = compile_
     if resume is not None:
         config_file = resume / "config.yaml"
         if not config_file.is_file():
             raise EanetError(f"{resume} is not a run folder (no config.yaml)")
-        refused = sorted(set(overrides) - RESUMABLE_OVERRIDES) + (["--recipe"] if recipe else [])
+        refused = sorted((set(overrides) | set(sets)) - RESUMABLE_OVERRIDES) + (["--recipe"] if recipe else [])
         if refused:
             raise EanetError(f"--resume continues a run with its saved configuration; "
                              f"cannot change {', '.join(refused)}")
-        cfg = TrainConfig.from_dict({**yaml.safe_load(config_file.read_text()), **overrides}, source=str(config_file))
+        cfg = TrainConfig.from_dict({**yaml.safe_load(config_file.read_text()), **overrides, **sets},
+                                    source=str(config_file))
     else:
-        cfg = resolve_config(recipe, **overrides)
+        cfg = resolve_config(recipe, sets=sets, **overrides)
     train(cfg, resume=resume, command=" ".join(["eanet"] + [shlex.quote(a) for a in sys.argv[1:]]))

@@ -127,12 +127,13 @@ def load_recipe(name_or_path: str) -> dict:
     return data
 
 
-def resolve_config(recipe: str | None = None, **overrides) -> TrainConfig:
-    """Recipe file, then the non-``None`` ``overrides`` on top: the run's full configuration."""
+def resolve_config(recipe: str | None = None, *, sets: dict | None = None, **overrides) -> TrainConfig:
+    """Recipe file, then the non-``None`` ``overrides`` on top, then ``sets`` (``--set key=value``) as
+    given, ``None`` included (``--set time_budget=null`` removes a recipe's budget): the run's full
+    configuration."""
     data = load_recipe(recipe or DEFAULT_RECIPE)
-    for key, value in overrides.items():
-        if value is None:
-            continue
+    given = [(k, v) for k, v in overrides.items() if v is not None] + list((sets or {}).items())
+    for key, value in given:
         if key in ("model_args", "augment_args"):
             data[key] = {**data.get(key, {}), **value}
         else:

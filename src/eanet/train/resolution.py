@@ -48,7 +48,8 @@ class ResolutionSchedule:
         if any(b <= a for a, b in zip(fractions, fractions[1:], strict=False)) or fractions[-1] >= 1.0:
             raise EanetError("resolution schedule fractions must increase and stay below 1")
         if any(s < 1 for _, s in parsed) or (native is not None and any(s > native for _, s in parsed)):
-            raise EanetError(f"resolution schedule sizes must be between 1 and the images' size ({native})")
+            raise EanetError(f"resolution schedule sizes must be between 1 and the images' size ({native}); "
+                             f"--set resolution_schedule=null trains at the images' size throughout")
         self.phases, self.native = parsed, native
 
     @property
