@@ -61,9 +61,6 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x).flatten(2).transpose(1, 2)
 
-    def grid(self, img_size: int) -> int:
-        return img_size // self.patch_size
-
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """The token grid ``(rows, columns)`` of a ``height x width`` image."""
         return height // self.patch_size, width // self.patch_size
@@ -89,15 +86,9 @@ class ConvStem(nn.Module):
             prev = ch
         layers.append(nn.Conv2d(prev, dim, 1))
         self.body = nn.Sequential(*layers)
-        self.reduction = 1
-        for s in strides:
-            self.reduction *= s
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x).flatten(2).transpose(1, 2)
-
-    def grid(self, img_size: int) -> int:
-        return img_size // self.reduction
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """The token grid ``(rows, columns)`` of a ``height x width`` image (3x3 convs, padding 1)."""

@@ -116,7 +116,8 @@ class EANet(
             self.stem = ConvStem(in_chans=in_chans, dim=embed_dim, channels=stem_channels, strides=stem_strides)
         else:
             raise ValueError(f"unknown stem {stem!r}: expected 'patch' or 'conv'")
-        self.num_tokens = self.stem.grid(img_size) ** 2
+        rows, cols = self.stem.output_size(img_size, img_size)
+        self.num_tokens = rows * cols
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, embed_dim)) if pos_embed else None
 
         if attention == "external":
@@ -168,9 +169,9 @@ class EANet(
         """The ``(1, N, d)`` position embedding for a ``height x width`` input: the learned one at the
         training size, bilinearly resized to the token grid at any other (progressive resizing trains
         on smaller images; :mod:`eanet.train.resolution`)."""
-        rows, cols = self.stem.output_size(height, width)
-        if rows * cols == self.num_tokens and (height, width) == (self.img_size, self.img_size):
+        if (height, width) == (self.img_size, self.img_size):
             return self.pos_embed
+        rows, cols = self.stem.output_size(height, width)
         side = math.isqrt(self.num_tokens)
         grid = self.pos_embed.reshape(1, side, side, -1).permute(0, 3, 1, 2)
         grid = F.interpolate(grid, size=(rows, cols), mode="bilinear", align_corners=False, antialias=True)

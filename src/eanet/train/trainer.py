@@ -323,13 +323,13 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo, *, resume, co
                 elif global_step == WARMUP_STEPS + CALIBRATION_STEPS:
                     # first estimate: evaluation (forward only) costs about a third of a training step per image
                     per_step = (now - calibration_start) / CALIBRATION_STEPS
-                    full_step = per_step - mean_forward_backward(global_step - CALIBRATION_STEPS, global_step,
-                                                                 total_steps) + forward_backward[native_size]
-                    per_image_eval = full_step / cfg.batch_size / 3 * (2 if cfg.tta == "flip" else 1)
+                    overhead = per_step - mean_forward_backward(global_step - CALIBRATION_STEPS, global_step,
+                                                                total_steps)
+                    full_size_step = overhead + forward_backward[native_size]
+                    per_image_eval = full_size_step / cfg.batch_size / 3 * (2 if cfg.tta == "flip" else 1)
                     val_seconds = (len(ds.val) if ds.val is not None else 0) * per_image_eval
-                    overhead = (per_step - mean_forward_backward(global_step - CALIBRATION_STEPS, global_step,
-                                                                 total_steps) + val_seconds / steps_per_epoch)
-                    total_steps = refit(budget_seconds - elapsed - len(ds.test) * per_image_eval - 5.0, overhead)
+                    total_steps = refit(budget_seconds - elapsed - len(ds.test) * per_image_eval - 5.0,
+                                        overhead + val_seconds / steps_per_epoch)
                     calibrated = True
                     epoch_steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
                     bar.total = epoch_steps
