@@ -27,7 +27,7 @@ def cache(tmp_path, monkeypatch):
 
 def test_run_folder_has_every_file(tmp_path, cache, capsys):
     run = tmp_path / "run"
-    main(["train", *TINY, "--epochs", "2", "--out", str(run), "--quiet", "--set", "tta=flip"])
+    main(["train", *TINY, "--epochs", "2", "--out", str(run), "--quiet", "--set", "tta=flip", "--set", "val_tta=none"])
     for name in ("config.yaml", "metrics.csv", "curves.png", "checkpoint-last.pt", "checkpoint-best.pt",
                  "model.safetensors", "config.json", "README.md", "results.json"):
         assert (run / name).is_file(), name
@@ -71,6 +71,12 @@ def test_run_folder_has_every_file(tmp_path, cache, capsys):
     results = json.loads((run / "results.json").read_text())
     assert results["test"]["top1"] == evaluated["top1"] and results["test"]["loss"] == pytest.approx(
         evaluated["loss"], rel=1e-6)
+
+    # the per-epoch validation used val_tta (none), not the test split's flip
+    for tta, same in (("none", True), ("flip", False)):
+        main(["evaluate", str(run), "--split", "val", "--tta", tta, "--json"])
+        val = json.loads(capsys.readouterr().out)
+        assert (float(rows[-1]["val_loss"]) == pytest.approx(val["loss"], rel=1e-5)) is same, tta
 
 
 def test_training_learns_the_synthetic_classes(tmp_path, cache):

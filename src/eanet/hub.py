@@ -16,6 +16,7 @@ from pathlib import Path
 from torch import nn
 
 from eanet.errors import EanetError
+from eanet.evaluate import describe_tta
 from eanet.fileio import atomic_write_text
 from eanet.models import EANet
 
@@ -74,8 +75,8 @@ def write_model_card(model_dir: str | Path, *, run_name: str, model_name: str, d
         metrics=["accuracy"],
         eval_results=[result("accuracy", "Top-1 accuracy", top1), result("top-5 accuracy", "Top-5 accuracy", top5)],
     )
-    tta = (" with flip test-time augmentation (each image and its mirror image, logits averaged)"
-           if config.get("tta") == "flip" else "")
+    tta = config.get("tta") or "none"
+    tta = f" with {describe_tta(tta)}" if tta != "none" else ""
     settings = "\n".join(f"| `{k}` | `{v}` |" for k, v in config.items() if v not in (None, {}, []))
     body = f"""
 # {run_name}

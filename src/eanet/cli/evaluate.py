@@ -49,7 +49,8 @@ def evaluate_dir(path: Path, *, split: str = "test", dataset: str | None = None,
 @click.option("--data-dir", help="where the dataset is")
 @click.option("--label-smoothing", type=float, help="in the loss (default: the run's, else 0)")
 @click.option("--batch-size", type=int, default=500, show_default=True)
-@click.option("--tta", type=click.Choice(["none", "flip"]), help="test-time augmentation (default: the run's)")
+@click.option("--tta", type=click.Choice(["none", "flip", "flip-shift"]),
+              help="test-time augmentation (default: the run's)")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def evaluate_cmd(path, split, dataset, data_dir, label_smoothing, batch_size, tta, device, as_json) -> None:

@@ -61,7 +61,8 @@ class TrainConfig:
     compile: bool = False
     threads: int | None = None
     eval_batch_size: int = 500
-    tta: str = "none"  # test-time augmentation for validation and test: eanet.evaluate.TTA_MODES
+    tta: str = "none"  # test-time augmentation for the test split: eanet.evaluate.TTA_MODES
+    val_tta: str | None = None  # for the per-epoch validation (None: as tta); "none" makes it cheaper
     # output
     out: str | None = None  # run folder; default runs/<recipe>-<model>-s<seed>
     checkpoint_seconds: float = 60.0  # also checkpoint within an epoch this often
@@ -95,6 +96,8 @@ class TrainConfig:
             (self.max_steps is None or self.max_steps >= 1, "max steps must be >= 1"),
             (self.time_budget is None or self.time_budget > 0, "time budget must be > 0 minutes"),
             (self.tta in TTA_MODES, f"unknown test-time augmentation {self.tta!r} ({', '.join(TTA_MODES)})"),
+            (self.val_tta in (None, *TTA_MODES),
+             f"unknown test-time augmentation {self.val_tta!r} ({', '.join(TTA_MODES)})"),
             (self.ema_decay is None or 0.0 < self.ema_decay < 1.0, "EMA decay must be in (0, 1)"),
         ]
         for ok, message in checks:

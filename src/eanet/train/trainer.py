@@ -41,7 +41,7 @@ from tqdm import tqdm
 from eanet.augment import build_augmentation
 from eanet.data import DeviceLoader, load_dataset
 from eanet.errors import EanetError
-from eanet.evaluate import evaluate, soft_cross_entropy, topk_correct
+from eanet.evaluate import TTA_VIEWS, evaluate, soft_cross_entropy, topk_correct
 from eanet.fileio import atomic_write_text
 from eanet.hub import write_model_card
 from eanet.models import create_model
@@ -268,6 +268,8 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo, *, resume, co
         return int(broadcast_from_main([steps], info, device)[0])
     lr = cfg.lr
     stop = False
+    val_tta = cfg.val_tta or cfg.tta  # per-epoch validation's test-time augmentation; the test split gets cfg.tta
+    test_seconds = 0.0  # the final test evaluation's expected cost, kept out of the budget's training time
 
     # ---- the epochs
     while epoch * steps_per_epoch < total_steps and not stop:
@@ -326,9 +328,10 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo, *, resume, co
                     overhead = per_step - mean_forward_backward(global_step - CALIBRATION_STEPS, global_step,
                                                                 total_steps)
                     full_size_step = overhead + forward_backward[native_size]
-                    per_image_eval = full_size_step / cfg.batch_size / 3 * (2 if cfg.tta == "flip" else 1)
-                    val_seconds = (len(ds.val) if ds.val is not None else 0) * per_image_eval
-                    total_steps = refit(budget_seconds - elapsed - len(ds.test) * per_image_eval - 5.0,
+                    per_view = full_size_step / cfg.batch_size / 3
+                    val_seconds = (len(ds.val) if ds.val is not None else 0) * per_view * len(TTA_VIEWS[val_tta])
+                    test_seconds = len(ds.test) * per_view * len(TTA_VIEWS[cfg.tta])
+                    total_steps = refit(budget_seconds - elapsed - test_seconds - 5.0,
                                         overhead + val_seconds / steps_per_epoch)
                     calibrated = True
                     epoch_steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
@@ -353,9 +356,10 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo, *, resume, co
         if info.is_main and ds.val is not None:
             val = evaluate(ema.module if ema is not None else model, ds.val.images, ds.val.labels,
                            batch_size=cfg.eval_batch_size, device=device, precision=cfg.precision,
-                           label_smoothing=cfg.label_smoothing, tta=cfg.tta)
+                           label_smoothing=cfg.label_smoothing, tta=val_tta)
             row.update(val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"])
             val_seconds = val["count"] / val["images_per_second"]
+            test_seconds = val_seconds * len(ds.test) / len(ds.val) * len(TTA_VIEWS[cfg.tta]) / len(TTA_VIEWS[val_tta])
         barrier(info)
         history.append(row)
         log.event("epoch", row, _summary_line(row, math.ceil(total_steps / steps_per_epoch)))
@@ -375,7 +379,8 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo, *, resume, co
         if budget_seconds is not None and calibrated and not stop and global_step > epoch_first_step + 1:
             # refit after every epoch from its real cost per step, end-of-epoch work included
             per_step = (time.perf_counter() - epoch_start) / (global_step - epoch_first_step)
-            test_seconds = val_seconds * len(ds.test) / len(ds.val) if ds.val is not None else 10 * per_step
+            if ds.val is None:
+                test_seconds = 10 * per_step
             elapsed = time.perf_counter() - run_start
             overhead = per_step - mean_forward_backward(epoch_first_step, global_step, total_steps)
             total_steps = refit(budget_seconds - elapsed - test_seconds - 5.0, overhead)
