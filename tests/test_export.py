@@ -95,3 +95,20 @@ def test_cli_export_bad_model_dir(tmp_path, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(tmp_path / "empty") in lines[0]
     assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.parametrize("attention", ["external", "self"])
+def test_model_card_names_the_token_mixer(attention, tmp_path):
+    # a self-attention baseline's card must not call itself external attention (and the reverse)
+    from eanet.hub import write_model_card
+
+    metrics = {"top1": 0.5, "top5": 0.8, "loss": 1.5, "count": 100}
+    path = write_model_card(tmp_path, run_name="run", model_name="eanet_keras", dataset="cifar100",
+                            test_metrics=metrics, config={"tta": "none"}, parameters=10, command="eanet train",
+                            attention=attention)
+    card = path.read_text()
+    other = "self" if attention == "external" else "external"
+    assert f"{attention}-attention" in card and f"{other}-attention" not in card
+    body = card.split("---", 2)[2]
+    assert ("External Attention using Two" in body) == (attention == "external")
+    assert ("self-attention" in body) == (attention == "self")

@@ -55,11 +55,20 @@ def load_model(model_dir: str | Path, *, map_location: str = "cpu") -> nn.Module
     return model.eval()
 
 
+# the token mixer a model card names, by the model's ``attention``
+MIXER_DESCRIPTIONS = {
+    "external": 'external attention (Guo et al., 2021, "Beyond Self-attention: External Attention using Two '
+                'Linear Layers for Visual Tasks")',
+    "self": "multi-head self-attention (the ViT baseline, in place of external attention)",
+}
+
+
 def write_model_card(model_dir: str | Path, *, run_name: str, model_name: str, dataset: str, test_metrics: dict,
-                     config: dict, parameters: int, command: str) -> Path:
+                     config: dict, parameters: int, command: str, attention: str = "external") -> Path:
     """``README.md`` in the Hugging Face format, its ``model-index`` holding the measured test metrics.
 
-    Accuracies are percentages rounded to two decimals, as the seed prints them.
+    Accuracies are percentages rounded to two decimals, as the seed prints them. ``attention`` is the
+    model's token mixer (``"external"`` or ``"self"``): the card's description and tags name it.
     """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -71,19 +80,19 @@ def write_model_card(model_dir: str | Path, *, run_name: str, model_name: str, d
     top1, top5 = round(100 * test_metrics["top1"], 2), round(100 * test_metrics["top5"], 2)
     data = ModelCardData(
         model_name=run_name, library_name="eanet", license="apache-2.0", pipeline_tag="image-classification",
-        tags=["image-classification", "external-attention", "eanet", "pytorch"], datasets=[dataset],
+        tags=["image-classification", f"{attention}-attention", "eanet", "pytorch"], datasets=[dataset],
         metrics=["accuracy"],
         eval_results=[result("accuracy", "Top-1 accuracy", top1), result("top-5 accuracy", "Top-5 accuracy", top5)],
     )
     tta = config.get("tta") or "none"
     tta = f" with {describe_tta(tta)}" if tta != "none" else ""
+    mixer = MIXER_DESCRIPTIONS.get(attention, f"{attention} attention")
     settings = "\n".join(f"| `{k}` | `{v}` |" for k, v in config.items() if v not in (None, {}, []))
     body = f"""
 # {run_name}
 
 `{model_name}` ({parameters:,} trainable parameters) trained on {dataset} with the `eanet` package:
-external attention (Guo et al., 2021, "Beyond Self-attention: External Attention using Two Linear
-Layers for Visual Tasks") in the Keras example's image classifier.
+{mixer} in the Keras example's image classifier.
 
 ## Results on the {dataset} test split
 
