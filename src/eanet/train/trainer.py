@@ -395,7 +395,7 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo, *, resume, co
                         coarse_labels=ds.test.coarse_labels, coarse_names=ds.coarse_classes)
         write_model_card(run_dir, run_name=run_dir.name, model_name=cfg.model, dataset=cfg.dataset,
                          test_metrics=test, config=cfg.to_dict(), parameters=params,
-                         command=command or "eanet train", attention=getattr(final, "attention", "external"))
+                         command=command or "eanet train", attention=final.attention)
         summary = {"run_dir": str(run_dir), "model": cfg.model, "parameters": params, "epochs": len(history),
                    "steps": global_step, "train_seconds": round(elapsed, 1),
                    "test": {k: v for k, v in test.items() if k != "per_coarse"}}
