@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import eanet
+from eanet.models.inspect import count_parameters
 from eanet.train.config import RECIPES_DIR, list_recipes, resolve_config
 
 
@@ -35,8 +36,7 @@ def test_recipe_comment_gives_its_parameter_count(name):
         pytest.skip(f"recipe {name} quotes no parameter count")
     cfg = resolve_config(name)
     model = eanet.create_model(cfg.model, num_classes=100, img_size=32, **cfg.model_args)
-    count = sum(p.numel() for p in model.parameters())
-    assert {int(c.replace(",", "")) for c in claimed} == {count}
+    assert {int(c.replace(",", "")) for c in claimed} == {count_parameters(model)}
 
 
 def test_30min_recipe_is_the_fast_recipe_with_the_reported_flags():
