@@ -58,6 +58,26 @@ def test_overrides_and_conv_stem():
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 5)
 
 
+def test_conv_stem_activation_is_chosen_saved_and_checked(tmp_path):
+    kwargs = dict(stem="conv", stem_channels=[8, 16], stem_strides=[2, 2], embed_dim=16, depth=1, num_heads=4,
+                  mlp_dim=16, num_classes=3)
+    torch.manual_seed(0)
+    relu = eanet.create_model("eanet_keras", stem_act="relu", **kwargs).eval()
+    acts = [type(m) for m in relu.stem.body if not isinstance(m, (torch.nn.Conv2d, torch.nn.BatchNorm2d))]
+    assert acts == [torch.nn.ReLU, torch.nn.ReLU]
+    # the stem's features are non-negative before the 1x1 projection; with GELU they are not
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    assert relu.stem.body[:-1](relu.normalize(x)).min() >= 0
+    torch.manual_seed(0)
+    gelu = eanet.create_model("eanet_keras", **kwargs).eval()
+    assert gelu.stem.body[:-1](gelu.normalize(x)).min() < 0
+    relu.save_pretrained(tmp_path / "saved")  # the choice travels in config.json
+    loaded = eanet.EANet.from_pretrained(tmp_path / "saved").eval()
+    torch.testing.assert_close(loaded(x), relu(x))
+    with pytest.raises(ValueError, match="unknown stem activation 'tanh'"):
+        eanet.create_model("eanet_keras", stem_act="tanh", **kwargs)
+
+
 def test_uint8_and_float_pixels_give_the_same_logits():
     model = eanet.create_model("eanet_keras").eval()
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)

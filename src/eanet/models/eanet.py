@@ -51,7 +51,8 @@ class EANet(
         num_classes: classes of the linear head.
         img_size, in_chans: input resolution and channels.
         stem: ``"patch"`` (non-overlapping ``patch_size`` patches, the seed) or ``"conv"``
-            (a :class:`~eanet.layers.ConvStem` with ``stem_channels`` and ``stem_strides``).
+            (a :class:`~eanet.layers.ConvStem` with ``stem_channels``, ``stem_strides`` and the
+            activation ``stem_act``, ``"gelu"`` or ``"relu"``).
         embed_dim: token width d.
         depth: number of blocks.
         attention: ``"external"`` (EANet) or ``"self"`` (ViT).
@@ -83,6 +84,7 @@ class EANet(
         patch_size: int = 2,
         stem_channels: Sequence[int] = (32, 64, 128),
         stem_strides: Sequence[int] = (1, 2, 2),
+        stem_act: str = "gelu",
         embed_dim: int = 64,
         depth: int = 8,
         attention: str = "external",
@@ -113,7 +115,8 @@ class EANet(
         if stem == "patch":
             self.stem = PatchEmbed(in_chans=in_chans, dim=embed_dim, patch_size=patch_size)
         elif stem == "conv":
-            self.stem = ConvStem(in_chans=in_chans, dim=embed_dim, channels=stem_channels, strides=stem_strides)
+            self.stem = ConvStem(in_chans=in_chans, dim=embed_dim, channels=stem_channels, strides=stem_strides,
+                                 act=stem_act)
         else:
             raise ValueError(f"unknown stem {stem!r}: expected 'patch' or 'conv'")
         rows, cols = self.stem.output_size(img_size, img_size)

@@ -188,8 +188,10 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo, *, resume, co
     model.set_input_stats(*ds.channel_stats())
     model.to(device)
     params = count_parameters(model)
+    # fused: one kernel for all parameters instead of a loop of small ops (same update; ~4 ms less per
+    # step on the CPU for the 1M-parameter recipe model, results/tuning.md)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps,
-                                  weight_decay=cfg.weight_decay)
+                                  weight_decay=cfg.weight_decay, fused=device.type in ("cpu", "cuda"))
     ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
            if cfg.ema_decay else None)
     forward = torch.compile(model) if cfg.compile else model
