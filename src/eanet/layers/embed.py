@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch import nn
@@ -66,7 +67,7 @@ class PatchEmbed(nn.Module):
         return height // self.patch_size, width // self.patch_size
 
 
-STEM_ACTIVATIONS = {"gelu": nn.GELU, "relu": lambda: nn.ReLU(inplace=True)}
+STEM_ACTIVATIONS = {"gelu": nn.GELU, "relu": partial(nn.ReLU, inplace=True)}
 
 
 class ConvStem(nn.Module):
