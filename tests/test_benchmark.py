@@ -193,3 +193,53 @@ def test_fast_dropout_keeps_the_right_fraction_and_scales():
     y.sum().backward()
     torch.testing.assert_close(x.grad, y.detach())  # same mask in the backward pass
     assert torch.equal(layer.eval()(x), x)
+
+
+@needs_kernels
+@pytest.mark.parametrize("batch, tokens, heads, head_dim, p", [(3, 37, 4, 16, 0.3), (2, 64, 2, 8, 0.0), (1, 5, 3, 4, 0.2)])
+def test_fused_self_attention_equals_autograd_with_its_own_masks(batch, tokens, heads, head_dim, p):
+    ops = torch.ops.eanet_fused
+    torch.manual_seed(0)
+    qkv = torch.randn(batch, tokens, 3 * heads * head_dim, requires_grad=True)
+    seed, scale = torch.tensor(77), head_dim**-0.5
+    mask = ops.dropout(torch.ones(batch, heads, tokens, tokens), p, seed, 6)  # the kernel's stream 6
+    q, k, v = qkv.view(batch, tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    logits = (q @ k.transpose(-2, -1)) * scale
+    ref = ((logits.softmax(-1) * mask) @ v).transpose(1, 2).reshape(batch, tokens, heads * head_dim)
+    out, lse = ops.sa_forward(qkv.detach(), heads, scale, p, seed)
+    torch.testing.assert_close(out, ref.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(lse, logits.logsumexp(-1).detach(), rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(ref)
+    (expected,) = torch.autograd.grad(ref, qkv, g)
+    got = ops.sa_backward(g, qkv.detach(), out, lse, heads, scale, p, seed)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
+
+
+@needs_kernels
+def test_self_attention_module_fast_path_equals_pytorch_path(monkeypatch):
+    from eanet.layers import SelfAttention
+    from eanet.layers import attention as attention_mod
+
+    torch.manual_seed(0)
+    layer = SelfAttention(32, num_heads=4, head_dim=16)
+    x = torch.randn(3, 20, 32, requires_grad=True)
+    calls = []
+    real = attention_mod.self_attention
+    monkeypatch.setattr(attention_mod, "self_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    y_fast = layer(x)
+    assert calls, "the fused kernel did not run"
+    grads_fast = torch.autograd.grad(y_fast.square().sum(), [x, layer.qkv.weight, layer.proj.weight])
+    monkeypatch.setattr(attention_mod, "self_attention", lambda *a, **k: None)  # PyTorch's SDPA
+    y_slow = layer(x)
+    grads_slow = torch.autograd.grad(y_slow.square().sum(), [x, layer.qkv.weight, layer.proj.weight])
+    torch.testing.assert_close(y_fast, y_slow, rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads_fast, grads_slow, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+    # dropout: the same masks forward and backward, about p of the attention dropped
+    layer.attn_drop = 0.5
+    torch.manual_seed(1)
+    y1 = layer(x)
+    torch.manual_seed(1)
+    y2 = layer(x)
+    torch.testing.assert_close(y1, y2, rtol=0, atol=0)
+    assert not torch.allclose(y1, y_fast)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eanet.layers.fused import FastDropout, composed_memories, counting_flops, external_attention
+from eanet.layers.fused import FastDropout, composed_memories, counting_flops, external_attention, self_attention
 
 __all__ = ["ExternalAttention", "SelfAttention", "double_normalize"]
 
@@ -223,9 +223,14 @@ class SelfAttention(nn.Module):
         """``x``: tokens ``(B, N, C)``. With ``return_attention=True`` also the ``(B, heads, N, N)``
         probabilities (computed explicitly, so only for inspection)."""
         batch, tokens, _ = x.shape
-        qkv = self.qkv(x).view(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
         drop = self.attn_drop if self.training else 0.0
+        qkv = self.qkv(x)  # (B, N, 3 * heads * head_dim): q, k, v side by side
+        if not return_attention and not counting_flops():
+            out = self_attention(qkv, heads=self.num_heads, scale=self.head_dim**-0.5, p=drop)
+            if out is not None:  # the fused CPU kernel ran
+                return self.proj_drop(self.proj(out))
+        qkv = qkv.view(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
         low_precision_cpu = q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)
         if low_precision_cpu and tokens <= _CPU_LOW_PRECISION_EXPLICIT_MAX_N:
             out = _explicit_attention(q, k, v, dropout_p=drop)
