@@ -1,4 +1,4 @@
-"""The real CIFAR-100, when this machine has it: counts, checksums, decoding, and the cache's speed.
+"""The real CIFAR-100, when this machine has it: counts, checksums, decoding, and the decoded cache.
 
 Looked for in ``$EANET_DATA_DIR``, the default data folder, and ``../shared/data`` next to the
 repository; skipped (with the reason) when absent. Never downloads.
@@ -6,12 +6,12 @@ repository; skipped (with the reason) when absent. Never downloads.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from eanet.data import cifar as cifar_mod
 from eanet.data import load_dataset, resolve_data_dir
 from eanet.data.cifar import SPECS
 from eanet.data.sources import file_md5
@@ -41,14 +41,16 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def loads(tmp_path_factory):
-    """Load twice into an empty cache: (first dataset, seconds), (second dataset, seconds)."""
+    """Load twice into an empty cache: (first dataset, pickles decoded so far), (second dataset, decoded so far)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("EANET_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        decodes = []
+        real_decode = cifar_mod.decode
+        mp.setattr(cifar_mod, "decode", lambda *a, **k: decodes.append(1) or real_decode(*a, **k))
         out = []
         for _ in range(2):
-            start = time.perf_counter()
             ds = load_dataset("cifar100", data_dir=FOLDER, val_fraction=0, download=False, progress=False)
-            out.append((ds, time.perf_counter() - start))
+            out.append((ds, len(decodes)))
         yield out
 
 
@@ -76,11 +78,13 @@ def test_decoding_layout_gives_the_known_channel_means(loads):
     assert mean == pytest.approx([129.304, 124.070, 112.434], abs=0.01)
 
 
-def test_second_run_is_ready_in_under_two_seconds(loads):
-    (first, _), (second, seconds) = loads
+def test_second_run_comes_from_the_decoded_cache(loads):
+    # how fast that is (the 2-second target) is measured by `python -m eanet.benchmarks.data_path`
+    # (`load_seconds`), not asserted here: a timed test fails on a busy machine, not on slow code
+    (first, decoded_first), (second, decoded_second) = loads
+    assert (decoded_first, decoded_second) == (1, 1)  # the pickles were decoded once, by the first run
     assert torch.equal(first.train.images, second.train.images)
     assert torch.equal(first.test.labels, second.test.labels)
-    assert seconds < 2.0, f"cached load took {seconds:.2f} s"
 
 
 def test_default_validation_split_is_the_seeds(loads):

@@ -5,10 +5,11 @@ this package's two token mixers at the seed's width d = 64, on ``batch_size`` se
 
 - ``external``: :class:`~eanet.layers.ExternalAttention` as the seed builds it (expansion 4, 16 heads,
   S = 16), O(d * S * N) per sequence;
-- ``self``: :class:`~eanet.layers.SelfAttention` as the seed's ViT builds it (4 heads of 64), which
-  calls ``F.scaled_dot_product_attention``: O(d * N^2) time. Without dropout PyTorch runs its CPU
-  flash kernel, which never holds the N x N matrix (memory O(N)); with dropout it runs the math
-  path, which materialises it. The ``kernel`` field of each row says which one ran.
+- ``self``: :class:`~eanet.layers.SelfAttention` as the seed's ViT builds it (4 heads of 64): O(d * N^2)
+  time. Up to ``eanet.layers.fused.SELF_ATTENTION_MAX_TOKENS`` tokens on the CPU in fp32 it runs the fused
+  kernel, which holds one N x N map per thread; beyond, ``F.scaled_dot_product_attention``: without dropout
+  PyTorch's CPU flash kernel, which never holds the N x N matrix (memory O(N)), with dropout the math path,
+  which materialises it. The ``kernel`` field of each row says which one ran.
 
 Each point is the median of ``repeats`` timed steps after ``warmup`` steps (a single timed step once
 one step takes longer than ``max_step_seconds``). Peak memory is that of one more, untimed step, as in
@@ -49,17 +50,23 @@ def _make_module(kind: str, dim: int, dropout: float) -> torch.nn.Module:
     raise EanetError(f"unknown attention {kind!r}: expected 'external' or 'self'")
 
 
-def _kernel_name(module: torch.nn.Module, kind: str, dim: int, device: torch.device) -> str:
-    """What actually computes the attention: probed with a tiny forward+backward under the profiler."""
-    if kind == "external":
-        from eanet.layers.fused import fused_kernels_available
+def _kernel_name(module: torch.nn.Module, kind: str, dim: int, device: torch.device, tokens: int) -> str:
+    """What actually computes the attention at N = ``tokens``: the fused kernels where they apply, otherwise
+    probed with a small forward+backward under the profiler (past the fused self-attention's token limit)."""
+    from eanet.layers.fused import SELF_ATTENTION_MAX_TOKENS, fused_kernels_available
 
-        return "fused CPU kernel (eanet)" if device.type == "cpu" and fused_kernels_available() else "PyTorch ops"
+    fused = device.type == "cpu" and fused_kernels_available()
+    if kind == "external":
+        return "fused CPU kernel (eanet)" if fused else "PyTorch ops"
+    if fused and tokens <= SELF_ATTENTION_MAX_TOKENS:
+        return "fused CPU kernel (eanet)"
     from torch.profiler import ProfilerActivity, profile
 
-    x = torch.randn(1, 16, dim, device=device, requires_grad=True)
+    probe_tokens = SELF_ATTENTION_MAX_TOKENS + 1 if fused else 16
+    x = torch.randn(1, probe_tokens, dim, device=device, requires_grad=True)
     with quiet_stderr(), profile(activities=[ProfilerActivity.CPU]) as prof:
         module(x).sum().backward()
+    module.zero_grad(set_to_none=True)
     names = {e.name for e in prof.events()}
     for name in sorted(names):
         if "scaled_dot_product" in name and name != "aten::scaled_dot_product_attention":
@@ -121,9 +128,9 @@ def benchmark_scaling(
     for kind in attentions:
         torch.manual_seed(seed)
         module = _make_module(kind, dim, dropout).to(dev).train()
-        kernel = _kernel_name(module, kind, dim, dev)
         heads = getattr(module, "num_heads", 1)
         for n in tokens:
+            kernel = _kernel_name(module, kind, dim, dev, n)
             if kind == "self" and _materialises_nn(kernel) and memory_limit_gb is not None:
                 need = _NN_TENSORS * batch_size * heads * n * n * 4
                 if need > memory_limit_gb * 1e9:
@@ -207,8 +214,13 @@ def format_table(rows: Sequence[dict]) -> str:
                 ratio = f"{slf['seconds_per_step'] / ext['seconds_per_step']:.1f}x"
             line += f" | {ratio:>13}"
         lines.append(line)
-    kernels = {r["attention"]: r["kernel"] for r in rows}
-    lines.append("kernels: " + "; ".join(f"{k}: {v}" for k, v in kernels.items()))
+    kernels: dict[str, dict[str, list[int]]] = {}  # attention -> kernel -> the N it ran at
+    for r in rows:
+        kernels.setdefault(r["attention"], {}).setdefault(r["kernel"], []).append(r["tokens"])
+    lines.append("kernels: " + "; ".join(
+        f"{kind}: " + ", ".join(name if len(by) == 1 else f"{name} (N = {', '.join(map(str, ns))})"
+                                for name, ns in by.items())
+        for kind, by in kernels.items()))
     for r in rows:
         if r["status"] != "ok":
             lines.append(f"{r['attention']} N={r['tokens']}: {r['status']}")

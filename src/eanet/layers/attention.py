@@ -182,6 +182,11 @@ class SelfAttention(nn.Module):
     ``q k^T / sqrt(head_dim)`` over the N keys, dropout on those probabilities, and an output
     projection back to ``dim``. Keras' layer has no dropout after its projection; ``proj_drop``
     defaults to 0 for that reason.
+
+    On the CPU in fp32, up to ``SELF_ATTENTION_MAX_TOKENS`` tokens, the attention itself runs in the
+    fused kernel :func:`~eanet.layers.fused.self_attention` (the N x N map of one head at a time in
+    cache, recomputed in the backward pass instead of stored); elsewhere it calls
+    ``F.scaled_dot_product_attention``. Same function, same parameters.
     """
 
     def __init__(

@@ -38,6 +38,12 @@ Both kernels stand aside (the modules run one by one, as written) while a FLOP c
 hook on a sub-layer, ``torch.export``/ONNX/TorchScript tracing is active, for non-fp32 tensors and on
 other devices: counts, layer tables and exported graphs are those of the architecture itself.
 
+**Fused self-attention (CPU, fp32).** The ViT baseline's ``softmax(q k^T / sqrt(h)) -> dropout -> @ v`` runs
+one (sample, head) at a time on the fused q/k/v projection's output (:func:`self_attention`): the N x N map
+stays in cache, only each row's log-sum-exp is kept, and the backward pass recomputes the map from q and k and
+regenerates the dropout masks (stream 6 of the same counter-based generator). Up to
+``SELF_ATTENTION_MAX_TOKENS`` tokens; beyond, PyTorch's flash kernel, which never forms the map, is better.
+
 **Dropout masks.** ``nn.Dropout`` on CPU draws one Bernoulli sample per element and multiplies twice;
 on the seed model that was a quarter of a training step. Here an element is kept when 16 random bits
 fall under ``round((1 - p) * 2^16)``, so the drop probability is ``p`` rounded to a multiple of 2^-16
