@@ -1284,14 +1284,8 @@ std::tuple<at::Tensor, at::Tensor> sa_forward(const at::Tensor& qkv, int64_t hea
       auto q = sample.select(1, 0).select(1, h), k = sample.select(1, 1).select(1, h);
       auto v = sample.select(1, 2).select(1, h);
       at::mm_out(Sm, q, k.t());
-      for (int64_t i = 0; i < N; ++i) {
-        float* s = sp + i * N;
-        lsep[u * N + i] = softmax_row(s, N, scale);
-        if (dr.on) {
-          drop_mult(dr, (u * N + i) * N, N, mult.data(), words);
-          for (int64_t j = 0; j < N; ++j) s[j] *= mult[j];
-        }
-      }
+      for (int64_t i = 0; i < N; ++i) lsep[u * N + i] = softmax_row(sp + i * N, N, scale);
+      if (dr.on) dropout_rows(sp, sp, N, N, dr, u * N * N, mult, words);
       at::mm_out(Ob, Sm, v);
       scatter_rows(Ob.data_ptr<float>(), outp + b * N * H * D + h * D, N, D, H * D);
     }
