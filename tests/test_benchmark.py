@@ -57,11 +57,10 @@ def test_benchmark_table_output(capsys):
 def test_benchmark_times_a_recipes_model_with_overrides(capsys):
     result = json.loads(run_cli(capsys, *TINY, "--no-memory", "--recipe", "cifar100-fast", "--set",
                                 "model_args.depth=1", "--set", "model_args.attention=self", "--json"))
-    assert result["model"] == "eanet_keras"
-    assert result["model_args"]["stem"] == "conv" and result["model_args"]["depth"] == 1  # recipe, then --set
-    assert result["model_args"]["attention"] == "self" and result["train_images_per_second"] > 0
+    assert result["model"] == "eanet_conv_small"  # the recipe's model, then --set
+    assert result["model_args"] == {"depth": 1, "attention": "self"} and result["train_images_per_second"] > 0
     out = run_cli(capsys, *TINY, "--no-memory", "--recipe", "cifar100-fast")
-    assert out.startswith("eanet_keras (cifar100-fast recipe) on")
+    assert out.startswith("eanet_conv_small (cifar100-fast recipe) on")
 
 
 @pytest.mark.parametrize("args, message", [

@@ -103,12 +103,14 @@ def test_model_card_names_the_token_mixer(attention, tmp_path):
     from eanet.hub import write_model_card
 
     metrics = {"top1": 0.5, "top5": 0.8, "loss": 1.5, "count": 100}
-    path = write_model_card(tmp_path, run_name="run", model_name="eanet_keras", dataset="cifar100",
+    model = eanet.create_model("eanet_keras" if attention == "external" else "vit_keras", depth=1)
+    path = write_model_card(tmp_path, run_name="run", model=model, dataset="CIFAR-100", dataset_id="cifar100",
                             test_metrics=metrics, config={"tta": "none"}, parameters=10, command="eanet train",
-                            attention=attention)
+                            epochs=1, steps=10)
     card = path.read_text()
     other = "self" if attention == "external" else "external"
     assert f"{attention}-attention" in card and f"{other}-attention" not in card
-    body = card.split("---", 2)[2]
-    assert ("External Attention using Two" in body) == (attention == "external")
-    assert ("self-attention" in body) == (attention == "self")
+    mixer = next(line for line in card.splitlines() if line.startswith("Its token mixer is"))
+    assert ("External Attention using Two" in mixer) == (attention == "external")
+    assert ("self-attention" in mixer) == (attention == "self")
+    assert "arxiv.org/abs/2105.02358" in card  # the paper, whichever the mixer

@@ -20,7 +20,7 @@ def test_seed_parameter_counts():
 def test_registry_lists_the_seed_models_and_an_s64_variant():
     assert {"eanet_keras", "vit_keras", "eanet_s64"} <= set(ALL_MODELS)
     assert eanet.create_model("eanet_s64").blocks[0].mixer.memory_size == 64
-    assert eanet.list_models("vit_*") == ["vit_keras"]
+    assert eanet.list_models("vit_*") == ["vit_conv_medium", "vit_conv_small", "vit_keras"]
     with pytest.raises(ValueError, match="unknown model"):
         eanet.create_model("no_such_model")
 
@@ -74,7 +74,7 @@ def test_conv_stem_activation_is_chosen_saved_and_checked(tmp_path):
     relu.save_pretrained(tmp_path / "saved")  # the choice travels in config.json
     loaded = eanet.EANet.from_pretrained(tmp_path / "saved").eval()
     torch.testing.assert_close(loaded(x), relu(x))
-    with pytest.raises(ValueError, match="unknown stem activation 'tanh'"):
+    with pytest.raises(ValueError, match="stem_act must be one of gelu, relu, got 'tanh'"):
         eanet.create_model("eanet_keras", stem_act="tanh", **kwargs)
 
 

@@ -1,5 +1,6 @@
 """Every shipped recipe resolves, builds its model at each of its image sizes, and says its own size."""
 
+import inspect
 import re
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import torch
 import yaml
 
 import eanet
+from eanet.models import model_spec
 from eanet.models.inspect import count_parameters
 from eanet.train.config import RECIPES_DIR, list_recipes, resolve_config
 
@@ -45,8 +47,19 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 RUN_FIELDS = {"seed", "val_fraction", "out", "data_dir"}  # what a reported run sets on the command line
 
 
-def _without_run_fields(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in RUN_FIELDS}
+def _what_it_trains(config: dict) -> dict:
+    """A run's configuration as the network and schedule it defines: the model as its full constructor
+    arguments (a run named ``eanet_keras`` + ``model_args`` before the budget variants had names is the
+    same network as ``eanet_conv_medium``), and a budget run's warmup as its share of the steps (``epochs:
+    16`` with ``warmup_epochs: 1`` under a time budget is ``warmup_fraction: 0.0625``)."""
+    config = {k: v for k, v in config.items() if k not in RUN_FIELDS}
+    spec = model_spec(config["model"])
+    defaults = {n: p.default for n, p in inspect.signature(spec.cls).parameters.items()}
+    config["model"] = {**defaults, **spec.config, **config.pop("model_args", {})}
+    if config.get("time_budget") and config.get("epochs"):
+        config["warmup_fraction"] = config.pop("warmup_epochs", 0) / config["epochs"]
+        config["epochs"], config["warmup_epochs"] = None, 0.0
+    return config
 
 
 def test_30min_recipe_is_the_configuration_of_its_reported_runs():
@@ -55,6 +68,7 @@ def test_30min_recipe_is_the_configuration_of_its_reported_runs():
     recorded = sorted(RESULTS.glob("cifar100-30min-s[0-9]/config.yaml"))
     assert len(recorded) == 3, "the three reported seeds' run folders"
     # the recipe as the trainer writes a run's config.yaml (yaml.safe_dump of TrainConfig.to_dict)
-    recipe = _without_run_fields(yaml.safe_load(yaml.safe_dump(resolve_config("cifar100-30min").to_dict())))
+    recipe = _what_it_trains(yaml.safe_load(yaml.safe_dump(resolve_config("cifar100-30min").to_dict())))
+    assert recipe["epochs"] is None and recipe["warmup_fraction"] == 0.0625
     for path in recorded:
-        assert _without_run_fields(yaml.safe_load(path.read_text())) == recipe, path.parent.name
+        assert _what_it_trains(yaml.safe_load(path.read_text())) == recipe, path.parent.name

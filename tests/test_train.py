@@ -59,15 +59,16 @@ def test_run_folder_has_every_file(tmp_path, cache, capsys):
     # the model card's model-index holds the test metrics that `eanet evaluate` measures
     card = (run / "README.md").read_text()
     meta = yaml.safe_load(card.split("---")[1])
-    metrics = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    metrics = {m["name"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    assert {m["type"] for m in meta["model-index"][0]["results"][0]["metrics"]} == {"accuracy"}
     task = meta["model-index"][0]["results"][0]
     assert "flip test-time augmentation" in card
     assert task["task"]["type"] == "image-classification" and task["dataset"]["type"] == "synthetic"
     capsys.readouterr()
     main(["evaluate", str(run), "--json"])
     evaluated = json.loads(capsys.readouterr().out)
-    assert metrics["accuracy"] == round(100 * evaluated["top1"], 2)
-    assert metrics["top-5 accuracy"] == round(100 * evaluated["top5"], 2)
+    assert metrics["Top-1 accuracy"] == round(100 * evaluated["top1"], 2)
+    assert metrics["Top-5 accuracy"] == round(100 * evaluated["top5"], 2)
     results = json.loads((run / "results.json").read_text())
     assert results["test"]["top1"] == evaluated["top1"] and results["test"]["loss"] == pytest.approx(
         evaluated["loss"], rel=1e-6)

@@ -11,3 +11,12 @@ class EanetError(Exception):
 
 class DataError(EanetError):
     """A dataset that is missing, fails verification, or cannot be read."""
+
+
+def one_line(exc: BaseException | str) -> str:
+    """The first non-empty line of an exception's message, or its type name when it has none
+    (``str(exc).splitlines()[0]`` fails on an empty message)."""
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__ if isinstance(exc, BaseException) else ""
+    return text.splitlines()[0].strip()

@@ -1,98 +1,164 @@
-"""Saving and loading in the Hugging Face layout: ``config.json`` + ``model.safetensors``.
+"""Saving and loading in the Hugging Face layout (``config.json`` + ``model.safetensors``), and model cards.
 
 :class:`~eanet.models.EANet` carries huggingface_hub's ``PyTorchModelHubMixin``, so
-``model.save_pretrained(dir)`` writes both files (its ``config.json`` holds every constructor
-argument) and ``EANet.from_pretrained(dir)`` reads them back. :func:`load_model` is the
-front door that also checks the folder and reports problems in one line.
+``model.save_pretrained(dir)`` and ``EANet.from_pretrained(dir)`` work as in any Hub library. The
+front doors here add what a command line needs: :func:`save_model` writes both files atomically
+(``config.json`` also names the architecture and the variant), and :func:`load_model` checks the
+folder before it allocates anything: the configuration against the constructor (types, ranges, a
+sensible size, class names matching the classes), the weights against the model (names, shapes,
+finite values). Every problem is one :class:`~eanet.errors.EanetError` line.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
+import torch
 from torch import nn
 
-from eanet.errors import EanetError
-from eanet.evaluate import describe_tta
+from eanet.errors import EanetError, one_line
 from eanet.fileio import atomic_write_text
-from eanet.models import EANet
+from eanet.models import EANet, model_spec
+from eanet.models.registry import check_model_args, identify_variant, set_variant
 
-__all__ = ["load_model", "read_config", "write_model_card"]
+__all__ = ["ARCHITECTURES", "check_finite", "load_model", "read_config", "save_model", "write_model_card"]
 
 ARCHITECTURES = {"EANet": EANet}
+PAPER = "https://arxiv.org/abs/2105.02358"
 
 
 def read_config(model_dir: str | Path) -> dict:
-    """The ``config.json`` of a saved model, checked to be present and readable."""
+    """The ``config.json`` of a saved model, checked to be present, readable and a mapping."""
     path = Path(model_dir) / "config.json"
     if not Path(model_dir).is_dir():
         raise EanetError(f"model folder not found: {model_dir}")
     if not path.is_file():
         raise EanetError(f"{model_dir} is not a saved model: it has no config.json")
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise EanetError(f"cannot read {path}: {exc}") from None
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EanetError(f"cannot read {path}: {one_line(exc)}") from None
+    if not isinstance(config, dict):
+        raise EanetError(f"{path} must be a JSON object of model arguments, got {type(config).__name__}")
+    return config
+
+
+def save_model(model: nn.Module, model_dir: str | Path) -> None:
+    """``config.json`` and ``model.safetensors`` into ``model_dir``, each written atomically."""
+    model_dir = Path(model_dir)
+    config = dict(getattr(model, "_hub_mixin_config", {}))
+    config.update(architecture=type(model).__name__, variant=getattr(model, "variant", None))
+    model._save_pretrained(model_dir)
+    atomic_write_text(model_dir / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse weights holding NaN or infinity: they can only give meaningless predictions."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise EanetError(f"{where}: {name} holds non-finite values (NaN or infinity)")
 
 
 def load_model(model_dir: str | Path, *, map_location: str = "cpu") -> nn.Module:
-    """Load a model saved with ``save_pretrained`` (or by ``eanet train``), in eval mode."""
+    """Load a model saved by :func:`save_model`, ``save_pretrained`` or ``eanet train``, in eval mode."""
+    from safetensors import safe_open
+
     config = read_config(model_dir)
+    where = str(Path(model_dir) / "config.json")
+    architecture, variant = config.pop("architecture", "EANet"), config.pop("variant", None)
+    cls = ARCHITECTURES.get(architecture)
+    if cls is None:
+        raise EanetError(f"{where}: unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
+    args = check_model_args(cls, config, where=where)
     weights = Path(model_dir) / "model.safetensors"
     if not weights.is_file():
         raise EanetError(f"{model_dir} has no model.safetensors")
-    cls = ARCHITECTURES.get(config.get("architecture", "EANet"))
-    if cls is None:
-        raise EanetError(f"{model_dir}: unknown architecture {config.get('architecture')!r}")
+    model = cls(**args)
+    expected = model.state_dict()
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # the mixin prints a line on local loads
-            model = cls.from_pretrained(str(model_dir), map_location=map_location, strict=True)
-    except Exception as exc:  # a damaged or mismatched file: say so in one line
-        raise EanetError(f"cannot load the model in {model_dir}: {str(exc).splitlines()[0]}") from None
-    return model.eval()
+        with safe_open(str(weights), framework="pt") as f:
+            names = set(f.keys())
+            missing, unexpected = sorted(set(expected) - names), sorted(names - set(expected))
+            if missing or unexpected:
+                raise EanetError(f"{weights} does not match {where}: " + "; ".join(
+                    part for part in (f"missing {', '.join(missing[:4])}" if missing else "",
+                                      f"unexpected {', '.join(unexpected[:4])}" if unexpected else "") if part))
+            tensors = {}
+            for name in expected:
+                shape = tuple(f.get_slice(name).get_shape())
+                if shape != tuple(expected[name].shape):
+                    raise EanetError(f"{weights} does not match {where}: {name} has shape {list(shape)} in the "
+                                     f"file, {list(expected[name].shape)} in the model")
+                tensors[name] = f.get_tensor(name)
+    except EanetError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged or foreign file: say so in one line
+        raise EanetError(f"cannot read {weights}: {one_line(exc)}") from None
+    check_finite(tensors, str(weights))
+    model.load_state_dict(tensors, strict=True)
+    set_variant(model, variant or identify_variant(cls, args))  # folders saved before config.json named it
+    return model.to(map_location).eval()
 
 
 # the token mixer a model card names, by the model's ``attention``
 MIXER_DESCRIPTIONS = {
-    "external": 'external attention (Guo et al., 2021, "Beyond Self-attention: External Attention using Two '
-                'Linear Layers for Visual Tasks")',
-    "self": "multi-head self-attention (the ViT baseline, in place of external attention)",
+    "external": f'external attention (Guo et al., 2021, ["Beyond Self-attention: External Attention using Two '
+                f'Linear Layers for Visual Tasks"]({PAPER}))',
+    "self": "multi-head self-attention (a ViT-style baseline, in place of external attention)",
 }
+HUB_DATASETS = {"cifar100": "cifar100", "cifar10": "cifar10"}  # dataset ids on the Hugging Face Hub
+LOCAL_PATH_FIELDS = ("data_dir", "out")  # machine-specific: never in a card
 
 
-def write_model_card(model_dir: str | Path, *, run_name: str, model_name: str, dataset: str, test_metrics: dict,
-                     config: dict, parameters: int, command: str, attention: str = "external") -> Path:
+def _what_it_is(model: nn.Module) -> str:
+    variant = getattr(model, "variant", None) or "a custom model"
+    base = variant.removesuffix("-custom")
+    try:
+        description = model_spec(base).description
+    except EanetError:
+        return f"`{variant}`"
+    if variant.endswith("-custom"):
+        return f"`{variant}`: the registered `{base}` ({description}) with other arguments"
+    return f"`{variant}` ({description})"
+
+
+def write_model_card(model_dir: str | Path, *, run_name: str, model: nn.Module, dataset: str, dataset_id: str,
+                     test_metrics: dict, config: dict, parameters: int, command: str, epochs: int, steps: int,
+                     evaluation: str = "") -> Path:
     """``README.md`` in the Hugging Face format, its ``model-index`` holding the measured test metrics.
 
-    Accuracies are percentages rounded to two decimals, as the seed prints them. ``attention`` is the
-    model's token mixer (``"external"`` or ``"self"``): the card's description and tags name it.
+    Accuracies are percentages rounded to two decimals, as the Keras example prints them; both are of
+    metric type ``accuracy`` (named top-1 and top-5). ``dataset`` is the dataset's name as people write
+    it, ``dataset_id`` eanet's name for it; ``evaluation`` says how the test split was evaluated (the
+    test-time augmentation).
     """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-    def result(metric_type: str, name: str, value: float) -> EvalResult:
+    def result(name: str, value: float) -> EvalResult:
         return EvalResult(task_type="image-classification", task_name="Image Classification",
-                          dataset_type=dataset, dataset_name=dataset.upper(), dataset_split="test",
-                          metric_type=metric_type, metric_name=name, metric_value=value)
+                          dataset_type=HUB_DATASETS.get(dataset_id, dataset_id), dataset_name=dataset,
+                          dataset_split="test", metric_type="accuracy", metric_name=name, metric_value=value)
 
+    attention = getattr(model, "attention", "external")
     top1, top5 = round(100 * test_metrics["top1"], 2), round(100 * test_metrics["top5"], 2)
     data = ModelCardData(
         model_name=run_name, library_name="eanet", license="apache-2.0", pipeline_tag="image-classification",
-        tags=["image-classification", f"{attention}-attention", "eanet", "pytorch"], datasets=[dataset],
-        metrics=["accuracy"],
-        eval_results=[result("accuracy", "Top-1 accuracy", top1), result("top-5 accuracy", "Top-5 accuracy", top5)],
+        tags=["image-classification", f"{attention}-attention", "eanet", "pytorch", "arxiv:2105.02358"],
+        datasets=[HUB_DATASETS[dataset_id]] if dataset_id in HUB_DATASETS else None, metrics=["accuracy"],
+        eval_results=[result("Top-1 accuracy", top1), result("Top-5 accuracy", top5)],
     )
-    tta = config.get("tta") or "none"
-    tta = f" with {describe_tta(tta)}" if tta != "none" else ""
     mixer = MIXER_DESCRIPTIONS.get(attention, f"{attention} attention")
-    settings = "\n".join(f"| `{k}` | `{v}` |" for k, v in config.items() if v not in (None, {}, []))
+    settings = "\n".join(f"| `{k}` | `{v}` |" for k, v in config.items()
+                         if v not in (None, {}, []) and k not in LOCAL_PATH_FIELDS)
+    names = list(getattr(model, "class_names", None) or [])
+    shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
+    size = getattr(model, "img_size", 32)
     body = f"""
 # {run_name}
 
-`{model_name}` ({parameters:,} trainable parameters) trained on {dataset} with the `eanet` package:
-{mixer} in the Keras example's image classifier.
+{_what_it_is(model)}, {parameters:,} trainable parameters, trained on {dataset} with the `eanet` package.
+Its token mixer is {mixer}.
 
 ## Results on the {dataset} test split
 
@@ -102,7 +168,8 @@ def write_model_card(model_dir: str | Path, *, run_name: str, model_name: str, d
 | top-5 accuracy | {top5:.2f}% |
 | loss | {test_metrics["loss"]:.4f} |
 
-Measured by evaluating these weights on all {test_metrics["count"]:,} test images after training{tta}
+Measured by evaluating these weights on all {test_metrics["count"]:,} test images after training
+{epochs} epoch{"s" if epochs != 1 else ""} ({steps:,} optimizer steps){f", with {evaluation}" if evaluation else ""}
 (`eanet evaluate <this folder>` gives the same figures).
 
 ## Use
@@ -114,6 +181,14 @@ model = eanet.load_model("path/to/this/folder")   # takes raw 0-255 RGB pixels (
 
 or `eanet predict path/to/this/folder image.png`.
 
+## Limitations
+
+- It knows only the {len(names) or model.num_classes} classes it was trained on{f" ({shown})" if shown else ""}.
+  Every image gets one of these labels: a photo of something outside this label set is still given the
+  nearest of them, with no way to say "none of these".
+- It was trained on {size}x{size} images; `eanet predict` resizes any image to {size}x{size} first, so
+  fine detail in larger photos is lost. Accuracy on images unlike {dataset} has not been measured.
+
 ## Training
 
 Command: `{command}`
@@ -121,6 +196,8 @@ Command: `{command}`
 | setting | value |
 |---|---|
 {settings}
+
+Paper: [Beyond Self-attention: External Attention using Two Linear Layers for Visual Tasks]({PAPER}) (Guo et al., 2021).
 """
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
     path = Path(model_dir) / "README.md"

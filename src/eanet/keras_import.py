@@ -51,6 +51,7 @@ import io
 import json
 import re
 import zipfile
+import zlib
 from collections import defaultdict
 from pathlib import Path
 
@@ -58,7 +59,8 @@ import h5py
 import numpy as np
 import torch
 
-from eanet.errors import EanetError
+from eanet.errors import EanetError, one_line
+from eanet.hub import check_finite
 from eanet.layers import PatchEmbed
 from eanet.models import EANet, create_model
 
@@ -132,6 +134,9 @@ class _KerasWeights:
         return left
 
 
+MAX_MEMBER_BYTES = 1 << 30  # a .keras member bigger than this is not a save of the Keras example's models
+
+
 def _open(path: Path) -> tuple[h5py.File, dict | None]:
     """The weights (and, for ``.keras``, the config) of a Keras 3 file, recognised by content."""
     if not path.is_file():
@@ -139,17 +144,28 @@ def _open(path: Path) -> tuple[h5py.File, dict | None]:
     if zipfile.is_zipfile(path):
         try:
             with zipfile.ZipFile(path) as archive:
+                for name in ("config.json", "model.weights.h5"):
+                    size = archive.getinfo(name).file_size
+                    if size > MAX_MEMBER_BYTES:  # a compression bomb would otherwise be read whole into memory
+                        raise EanetError(f"{path}: {name} unpacks to {size:,} bytes, more than any Keras save "
+                                         f"of these models ({MAX_MEMBER_BYTES:,} at most)")
                 config = json.loads(archive.read("config.json"))
                 data = archive.read("model.weights.h5")
-        except (KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+        except (KeyError, zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError, OSError, EOFError,
+                zlib.error, NotImplementedError) as exc:
             raise EanetError(f"{path} is not a .keras model file (needs config.json and "
-                             f"model.weights.h5): {exc}") from None
-        return h5py.File(io.BytesIO(data), "r"), config
+                             f"model.weights.h5): {one_line(exc)}") from None
+        if not isinstance(config, dict):
+            raise EanetError(f"{path}: its config.json is not a Keras model configuration")
+        try:
+            return h5py.File(io.BytesIO(data), "r"), config
+        except OSError as exc:
+            raise EanetError(f"{path}: its model.weights.h5 is not an HDF5 file ({one_line(exc)})") from None
     if h5py.is_hdf5(path):
         try:
             return h5py.File(path, "r"), None
         except OSError as exc:
-            raise EanetError(f"cannot read HDF5 file {path}: {exc}") from None
+            raise EanetError(f"cannot read HDF5 file {path}: {one_line(exc)}") from None
     raise EanetError(f"{path} is not a Keras file: expected a .weights.h5 (HDF5) or a .keras (zip) file")
 
 
@@ -168,8 +184,12 @@ def import_keras(path: str | Path, *, model: str = "eanet_keras", **overrides) -
     if not isinstance(net, EANet) or not isinstance(net.stem, PatchEmbed):
         raise EanetError(f"model {model!r} is not a patch-embedding EANet: the seed's weights do not fit it")
     h5, config = _open(path)
-    with h5:
-        _fill(net, _KerasWeights(h5, str(path), config), model)
+    try:
+        with h5:
+            _fill(net, _KerasWeights(h5, str(path), config), model)
+    except (OSError, KeyError, ValueError, TypeError) as exc:  # a damaged HDF5 file, or one of another shape
+        raise EanetError(f"cannot read the weights in {path}: {one_line(exc)}") from None
+    check_finite(net.state_dict(), str(path))
     return net.eval()
 
 

@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
+from eanet.fileio import atomic_write  # noqa: E402
+
 __all__ = ["plot_curves", "plot_comparison"]
 
 
@@ -36,11 +38,10 @@ def _save(fig, path: Path) -> None:
         if ax.lines:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    finally:
+        plt.close(fig)
 
 
 def plot_curves(history: Sequence[Mapping], path: Path, *, title: str = "") -> None:

@@ -40,7 +40,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
-from eanet.errors import EanetError
+from eanet.errors import EanetError, one_line
 
 __all__ = ["Prediction", "load_image", "predict_images", "class_names"]
 
@@ -97,7 +97,7 @@ def _decode(img: Image.Image, path: Path, size: int) -> Image.Image:
         img.load()
         return ImageOps.exif_transpose(img)
     except (OSError, SyntaxError, ValueError, EOFError) as exc:  # truncated or corrupt data
-        raise EanetError(f"{path}: not an image (truncated or corrupt: {str(exc).splitlines()[0]})") from None
+        raise EanetError(f"{path}: not an image (truncated or corrupt: {one_line(exc)})") from None
 
 
 def _wide_to_grey(img: Image.Image) -> Image.Image:

@@ -1,18 +1,20 @@
 """The ``eanet`` command line.
 
 Each sub-command lives in its own module of this package and is attached to the group here.
-Every :class:`~eanet.errors.EanetError` (and a few expected OS errors) becomes one line on
-stderr and exit status 1: users never see a traceback for bad input.
+Every error becomes one line on stderr and exit status 1: an :class:`~eanet.errors.EanetError` as its
+message, an ``OSError`` (a full disk, a missing file) as the system's words and the file, anything
+unforeseen as its type and first line (``EANET_DEBUG=1`` re-raises it with the traceback).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
 
-from eanet.errors import EanetError
+from eanet.errors import EanetError, one_line
 
 # (module, attribute) of every sub-command; imported lazily so `eanet --help` stays fast.
 COMMANDS = {
@@ -66,11 +68,17 @@ def main(argv=None):
     except EanetError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
-    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
-        click.echo(f"error: {exc.strerror or exc}: {exc.filename}", err=True)
-        sys.exit(1)
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)
         sys.exit(130)
+    except OSError as exc:  # a missing file, a full disk, a name too long...: the system's words and the file
+        where = f": {exc.filename}" if exc.filename else ""
+        click.echo(f"error: {exc.strerror or one_line(exc)}{where}", err=True)
+        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - anything unforeseen is still one line; EANET_DEBUG=1 shows more
+        if os.environ.get("EANET_DEBUG"):
+            raise
+        click.echo(f"error: unexpected {type(exc).__name__}: {one_line(exc)} (EANET_DEBUG=1 shows where)", err=True)
+        sys.exit(1)
     if isinstance(status, int) and status:
         sys.exit(status)

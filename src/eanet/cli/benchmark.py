@@ -112,8 +112,9 @@ def _model_and_args(model_name: str | None, recipe: str | None, sets: tuple[str,
         from eanet.train.config import load_recipe
 
         fields = load_recipe(recipe)
-        model_name = model_name or fields.get("model")
-        args = dict(fields.get("model_args") or {})
+        if model_name is None or model_name == fields.get("model"):  # the recipe's model_args are its model's
+            model_name = fields.get("model")
+            args = dict(fields.get("model_args") or {})
     parsed = _parse_sets(sets)
     unknown = sorted(set(parsed) - {"model_args"})
     if unknown:

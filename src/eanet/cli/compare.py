@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import statistics
 from pathlib import Path
 
 import click
-import yaml
 
-from eanet.errors import EanetError
 from eanet.fileio import atomic_write_text
+from eanet.run_folder import RunFolder
 
 
 def read_run(run_dir: Path) -> dict:
@@ -19,16 +17,13 @@ def read_run(run_dir: Path) -> dict:
     from eanet.hub import load_model
     from eanet.models.inspect import count_macs, count_parameters
 
-    results_file = run_dir / "results.json"
-    if not results_file.is_file():
-        raise EanetError(f"{run_dir} is not a finished run (no results.json)")
-    results = json.loads(results_file.read_text())
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    history = [{k: float(v) if v not in ("", None) else None for k, v in row.items()}
-               for row in csv.DictReader((run_dir / "metrics.csv").open())]
+    folder = RunFolder(run_dir)
+    results = folder.read_results()
+    config = folder.read_config()
+    history = folder.read_history()
     model = load_model(run_dir)
     return {
-        "run": str(run_dir), "model": config.get("model"), "attention": model.attention,
+        "run": str(run_dir), "model": model.variant or f"{config.get('model')}-custom", "attention": model.attention,
         "parameters": count_parameters(model), "macs_per_image": count_macs(model),
         "train_images_per_second": statistics.median(r["images_per_second"] for r in history),
         "inference_images_per_second": results["test"].get("images_per_second"),

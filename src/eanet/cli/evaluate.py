@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import click
-import yaml
 
 from eanet.errors import EanetError
+from eanet.evaluate import TTA_MODES
 
 
 def evaluate_dir(path: Path, *, split: str = "test", dataset: str | None = None, data_dir: str | None = None,
@@ -22,10 +22,13 @@ def evaluate_dir(path: Path, *, split: str = "test", dataset: str | None = None,
     from eanet.data import load_dataset
     from eanet.evaluate import evaluate
     from eanet.hub import load_model
+    from eanet.run_folder import RunFolder
+    from eanet.train.config import TrainConfig
 
     run_cfg = {}
-    if (path / "config.yaml").is_file():
-        run_cfg = yaml.safe_load((path / "config.yaml").read_text()) or {}
+    folder = RunFolder(path)
+    if folder.config_yaml.is_file():
+        run_cfg = TrainConfig.from_dict(folder.read_config(), source=str(folder.config_yaml)).to_dict()
     model = load_model(path, map_location=device)
     ds = load_dataset(dataset or run_cfg.get("dataset", "cifar100"), data_dir=data_dir or run_cfg.get("data_dir"),
                       val_fraction=run_cfg.get("val_fraction", 0.2), progress=False)
@@ -47,9 +50,10 @@ def evaluate_dir(path: Path, *, split: str = "test", dataset: str | None = None,
 @click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True)
 @click.option("--dataset", help="dataset (default: the run's, else cifar100)")
 @click.option("--data-dir", help="where the dataset is")
-@click.option("--label-smoothing", type=float, help="in the loss (default: the run's, else 0)")
-@click.option("--batch-size", type=int, default=500, show_default=True)
-@click.option("--tta", type=click.Choice(["none", "flip", "flip-shift"]),
+@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True),
+              help="in the loss (default: the run's, else 0)")
+@click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--tta", type=click.Choice(TTA_MODES),
               help="test-time augmentation (default: the run's)")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")

@@ -12,10 +12,16 @@ from eanet.models.inspect import count_macs, count_parameters, layer_table
 
 
 def _create(name: str):
-    try:
-        return create_model(name)
-    except ValueError as exc:
-        raise EanetError(str(exc)) from None
+    return create_model(name)
+
+
+def _model_or_folder(name: str):
+    """A registered name, or a folder holding a saved model (a run folder, a ``save_pretrained`` folder)."""
+    if name in list_models() or not Path(name).exists():
+        return _create(name)
+    from eanet.hub import load_model
+
+    return load_model(name)
 
 
 @click.command("models")
@@ -35,8 +41,9 @@ def models_cmd(pattern: str) -> None:
 @click.command("summary")
 @click.argument("name")
 def summary_cmd(name: str) -> None:
-    """Print the layer table of model NAME (output shape and parameters per layer)."""
-    model = _create(name)
+    """Print the layer table of model NAME, or of the model saved in a folder (a run folder included)."""
+    model = _model_or_folder(name)
+    click.echo(f"model: {getattr(model, 'variant', None) or 'custom'}")
     rows = layer_table(model)
     width = max(len(r[0]) for r in rows)
     click.echo(f"{'layer':<{width}}  {'type':<18} {'output shape':<18} {'params':>9}")
@@ -46,6 +53,26 @@ def summary_cmd(name: str) -> None:
                f"multiply-adds per image: {count_macs(model):,}")
 
 
+def _check_model_out(out: Path) -> None:
+    """``--out`` for a saved model: new, empty, or a model folder eanet wrote (only its two files in it)."""
+    if out.exists() and not out.is_dir():
+        raise EanetError(f"{out} exists and is not a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    names = {p.name for p in out.iterdir()}
+    ours = names <= {"config.json", "model.safetensors"}
+    if ours and "config.json" in names:
+        from eanet.hub import read_config
+
+        try:
+            ours = "architecture" in read_config(out)
+        except EanetError:
+            ours = False
+    if not ours:
+        raise EanetError(f"{out} is not empty and is not a model folder eanet wrote: eanet does not write into "
+                         "it; give --out a new or empty folder")
+
+
 @click.command("import-keras")
 @click.argument("weights", type=click.Path(path_type=Path))
 @click.option("--model", "model_name", type=click.Choice(["eanet_keras", "vit_keras"]), default="eanet_keras",
@@ -53,10 +80,12 @@ def summary_cmd(name: str) -> None:
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="folder to save the model in")
 def import_keras_cmd(weights: Path, model_name: str, out: Path) -> None:
     """Import weights saved by the seed's Keras code (.weights.h5 or .keras) into a saved model."""
+    from eanet.hub import save_model
     from eanet.keras_import import import_keras
 
     if not weights.is_file():
         raise EanetError(f"no such file: {weights}")
+    _check_model_out(out)
     model = import_keras(weights, model=model_name)
-    model.save_pretrained(out)
+    save_model(model, out)
     click.echo(f"imported {weights} as {model_name} ({count_parameters(model):,} parameters) -> {out}")

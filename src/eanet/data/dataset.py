@@ -9,7 +9,10 @@ import torch
 
 from eanet.errors import DataError
 
-__all__ = ["ImageSet", "Dataset", "channel_stats", "split_validation"]
+__all__ = ["ImageSet", "Dataset", "DISPLAY_NAMES", "channel_stats", "split_validation"]
+
+DISPLAY_NAMES = {"cifar100": "CIFAR-100", "cifar10": "CIFAR-10", "imagefolder": "an image folder",
+                 "synthetic": "synthetic random images (a test dataset)"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,6 +68,11 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def display_name(self) -> str:
+        """The dataset's name as people write it (``CIFAR-100``), for cards and plots."""
+        return DISPLAY_NAMES.get(self.name, self.name)
 
     @property
     def image_size(self) -> int:

@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from eanet.data.cache import Decoded, cache_key, load_cached, store_cached
 from eanet.data.dataset import ImageSet
-from eanet.data.sources import bytes_md5, one_line
-from eanet.errors import DataError
+from eanet.data.sources import bytes_md5
+from eanet.errors import DataError, one_line
 
 __all__ = ["IMAGE_SUFFIXES", "RESIZE_MODES", "scan", "decode_image", "load_imagefolder"]
 
@@ -99,8 +99,12 @@ def decode_image(data: bytes, *, path: Path, image_size: int, resize: str = "squ
         with Image.open(io.BytesIO(data)) as image:
             image.load()
             rgb = _to_rgb(image)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except Image.DecompressionBombError as exc:
         raise DataError(f"cannot read image {path}: {one_line(exc)}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+        # Pillow's own messages name the buffer it read (<_io.BytesIO object at 0x...>): say the file instead
+        reason = "not an image Pillow can read" if isinstance(exc, UnidentifiedImageError) else one_line(exc)
+        raise DataError(f"cannot read image {path}: {reason}") from None
     size = (image_size, image_size)
     if rgb.size != size:
         if resize == "crop":

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eanet.data.sources import one_line
-from eanet.errors import DataError
+from eanet.errors import DataError, one_line
 
 __all__ = ["load_cifar_pickle", "ALLOWED_GLOBALS"]
 

@@ -28,14 +28,13 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from eanet.errors import DataError
+from eanet.errors import DataError, one_line
 
 __all__ = [
     "cache_dir",
     "resolve_data_dir",
     "file_md5",
     "bytes_md5",
-    "one_line",
     "check_member_name",
     "iter_archive",
     "download_file",
@@ -43,14 +42,6 @@ __all__ = [
 ]
 
 CHUNK = 1 << 20
-
-
-def one_line(exc: BaseException | str) -> str:
-    """The first line of an exception's message (or its type name when it has none)."""
-    text = str(exc).strip()
-    if not text and isinstance(exc, BaseException):
-        return type(exc).__name__
-    return text.splitlines()[0] if text else ""
 
 
 def cache_dir() -> Path:

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
+from eanet.fileio import atomic_write_bytes
 from eanet.layers import Block, ConvStem, InputNormalize, PatchEmbed, SelfAttention
 
 __all__ = ["EANet", "CIFAR100_MEAN", "CIFAR100_STD"]
@@ -74,6 +76,19 @@ class EANet(
         class_names: optional list of class names, saved in ``config.json`` for prediction.
     """
 
+    # what a constructor argument may be (eanet.models.registry.check_model_args); sizes far beyond any
+    # sensible model are refused before anything is allocated
+    ARG_RANGES = {
+        "num_classes": (1, 1_000_000), "img_size": (1, 4096), "in_chans": (1, 64), "patch_size": (1, 1024),
+        "stem_channels": (1, 8192), "stem_strides": (1, 16), "embed_dim": (1, 8192), "depth": (1, 256),
+        "num_heads": (1, 1024), "expansion": (1, 64), "memory_size": (1, 65536), "head_dim": (1, 4096),
+        "mlp_dim": (1, 65536), "attn_drop": (0.0, 0.99), "proj_drop": (0.0, 0.99), "mlp_drop": (0.0, 0.99),
+        "drop_path": (0.0, 0.99), "head_drop": (0.0, 0.99), "norm_eps": (1e-12, 1.0), "input_std": (1e-6, 1e6),
+        "input_mean": (-1e6, 1e6),
+    }
+    ARG_CHOICES = {"stem": ("patch", "conv"), "stem_act": ("gelu", "relu"), "attention": ("external", "self"),
+                   "act_approximate": ("tanh", "none")}
+
     def __init__(
         self,
         *,
@@ -108,7 +123,16 @@ class EANet(
         class_names: Sequence[str] | None = None,
     ):
         super().__init__()
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names for {num_classes} classes")
+        if len(stem_channels) != len(stem_strides):
+            raise ValueError(f"stem_channels ({len(stem_channels)}) and stem_strides ({len(stem_strides)}) "
+                             "must have the same length")
         self.num_classes, self.embed_dim, self.attention = num_classes, embed_dim, attention
+        self.variant: str | None = None  # the registered name it was built as (eanet.models.registry)
+        config = getattr(self, "_hub_mixin_config", None)
+        if isinstance(config, dict):  # config.json says what it holds
+            config.update(architecture=type(self).__name__, variant=None)
         self.img_size, self.in_chans = img_size, in_chans
         self.class_names = list(class_names) if class_names is not None else None
         self.normalize = InputNormalize(input_mean, input_std)
@@ -188,6 +212,13 @@ class EANet(
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Raw pixels ``(B, C, H, W)`` (uint8 or float, 0-255) -> logits ``(B, num_classes)``."""
         return self.forward_head(self.forward_features(x))
+
+    def _save_pretrained(self, save_directory) -> None:
+        """``model.safetensors`` for ``save_pretrained``: written atomically, honouring the umask."""
+        from safetensors.torch import save
+
+        tensors = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        atomic_write_bytes(Path(save_directory) / "model.safetensors", save(tensors, metadata={"format": "pt"}))
 
     def get_classifier(self) -> nn.Module:
         return self.head

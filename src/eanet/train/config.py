@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from eanet.errors import EanetError
+from eanet.errors import EanetError, one_line
+from eanet.validation import check_range, check_type, describe
 
 __all__ = ["TrainConfig", "RECIPES_DIR", "list_recipes", "load_recipe", "resolve_config"]
 
@@ -29,7 +31,7 @@ class TrainConfig:
     data_dir: str | None = None
     val_fraction: float = 0.2  # the seed's validation_split: the LAST 20% of the training arrays
     # how long
-    epochs: int = 50
+    epochs: int | None = 50  # None: as many as the time budget allows (requires time_budget)
     max_steps: int | None = None  # stop after this many optimizer steps (for smoke tests)
     time_budget: float | None = None  # minutes: fit the schedule to it from the measured speed
     # optimisation
@@ -41,7 +43,8 @@ class TrainConfig:
     decay_norm_and_bias: bool = True  # Keras decays every variable; better recipes exempt them
     label_smoothing: float = 0.1
     schedule: str = "constant"  # constant | cosine (linear warmup then cosine decay)
-    warmup_epochs: float = 0.0
+    warmup_epochs: float = 0.0  # linear warmup, in epochs
+    warmup_fraction: float = 0.0  # or as a fraction of all steps (for time budgets, where epochs are not known)
     min_lr: float = 0.0
     grad_clip: float | None = None  # max global gradient norm
     ema_decay: float | None = None  # weight EMA, evaluated and saved instead of the raw weights
@@ -69,44 +72,113 @@ class TrainConfig:
     log: str = "progress"  # progress | quiet | jsonl
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        data["betas"] = list(self.betas)
+        return data
 
     @classmethod
-    def from_dict(cls, data: dict, *, source: str = "config") -> TrainConfig:
+    def from_dict(cls, data, *, source: str = "config") -> TrainConfig:
+        """Build and check a configuration: unknown fields, types and ranges are refused in one line
+        that names the field, its value and what is allowed."""
+        if not isinstance(data, dict):
+            raise EanetError(f"{source} must be a mapping of field: value, got {describe(data)}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(str(k) for k in set(data) - known)
         if unknown:
             raise EanetError(f"{source}: unknown field(s) {', '.join(unknown)}")
-        cfg = cls(**data)
-        cfg.betas = tuple(cfg.betas)
-        cfg.validate()
+        hints = typing.get_type_hints(cls)
+        cfg = cls(**{k: check_type(source, k, v, hints[k]) for k, v in data.items()})
+        cfg.validate(source)
         return cfg
 
-    def validate(self) -> None:
+    def validate(self, source: str = "config") -> None:
+        """Ranges and names of every field, and the model's arguments against its constructor: all that can
+        be checked before any data is loaded."""
+        from eanet.augment import build_augmentation
+        from eanet.data import DATASETS
         from eanet.evaluate import TTA_MODES  # the one list of test-time augmentations evaluate() knows
+        from eanet.models import model_spec
+        from eanet.models.registry import check_model_args
+        from eanet.train.distributed import parse_device
 
-        checks = [
-            (self.epochs >= 1, "epochs must be >= 1"),
-            (self.batch_size >= 1, "batch size must be >= 1"),
-            (self.lr > 0, "learning rate must be > 0"),
-            (0.0 <= self.val_fraction < 1.0, "validation fraction must be in [0, 1)"),
-            (self.schedule in ("constant", "cosine"), f"unknown schedule {self.schedule!r} (constant, cosine)"),
-            (self.precision in ("fp32", "bf16"), f"unknown precision {self.precision!r} (fp32, bf16)"),
-            (self.log in ("progress", "quiet", "jsonl"), f"unknown log mode {self.log!r} (progress, quiet, jsonl)"),
-            (self.max_steps is None or self.max_steps >= 1, "max steps must be >= 1"),
-            (self.time_budget is None or self.time_budget > 0, "time budget must be > 0 minutes"),
-            (self.tta in TTA_MODES, f"unknown test-time augmentation {self.tta!r} ({', '.join(TTA_MODES)})"),
-            (self.val_tta in (None, *TTA_MODES),
-             f"unknown test-time augmentation {self.val_tta!r} ({', '.join(TTA_MODES)})"),
-            (self.ema_decay is None or 0.0 < self.ema_decay < 1.0, "EMA decay must be in (0, 1)"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise EanetError(message)
+        def rng(name, **limits):
+            check_range(source, name, getattr(self, name), **limits)
+
+        def choice(name, allowed):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise EanetError(f"{source}: {name} must be one of {', '.join(map(str, allowed))}, got "
+                                 f"{describe(value)}")
+
+        rng("epochs", low=1, high=1_000_000)
+        if self.epochs is None and self.time_budget is None:
+            raise EanetError(f"{source}: epochs is null (as many as fit) but there is no time_budget")
+        rng("max_steps", low=1)
+        rng("time_budget", low=0, low_open=True, high=1_000_000)
+        rng("val_fraction", low=0, high=1, high_open=True)
+        rng("batch_size", low=1, high=1_000_000)
+        rng("eval_batch_size", low=1, high=1_000_000)
+        rng("lr", low=0, low_open=True, high=100)
+        rng("min_lr", low=0, high=self.lr)
+        rng("weight_decay", low=0, high=1_000)
+        for beta in self.betas:
+            check_range(source, "betas", beta, low=0, high=1, high_open=True)
+        rng("adam_eps", low=0, low_open=True, high=1)
+        rng("label_smoothing", low=0, high=1, high_open=True)
+        choice("schedule", ("constant", "cosine"))
+        rng("warmup_epochs", low=0, high=self.epochs)
+        rng("warmup_fraction", low=0, high=1, high_open=True)
+        if self.warmup_epochs and self.warmup_fraction:
+            raise EanetError(f"{source}: give warmup_epochs or warmup_fraction, not both")
+        if self.warmup_epochs and self.epochs is None:
+            raise EanetError(f"{source}: with epochs null (a time budget) give the warmup as warmup_fraction")
+        rng("grad_clip", low=0, low_open=True)
+        rng("ema_decay", low=0, high=1, low_open=True, high_open=True)
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            rng(name, low=0, high=100)
+        for name in ("mix_prob", "erasing_prob"):
+            rng(name, low=0, high=1)
+        rng("seed", low=0, high=2**63 - 1)
+        rng("threads", low=1, high=4096)
+        rng("checkpoint_seconds", low=0)  # 0: after every step
+        choice("dataset", DATASETS)
+        choice("precision", ("fp32", "bf16"))
+        choice("log", ("progress", "quiet", "jsonl"))
+        choice("tta", TTA_MODES)
+        choice("val_tta", (None, *TTA_MODES))
+        try:
+            parse_device(self.device)
+        except EanetError as exc:
+            raise EanetError(f"{source}: {exc}") from None
+        if self.out is not None:
+            check_path(source, "out", self.out)
         if self.resolution_schedule is not None:  # its form here; the sizes against the data's in training
             from eanet.train.resolution import ResolutionSchedule
 
             ResolutionSchedule(self.resolution_schedule)
+        build_augmentation(self.augment, image_size=32, num_classes=2, mixup_alpha=self.mixup_alpha,
+                           cutmix_alpha=self.cutmix_alpha, mix_prob=self.mix_prob, erasing_prob=self.erasing_prob,
+                           **self.augment_args)
+        spec = model_spec(self.model)
+        check_model_args(spec.cls, {**spec.config, **self.model_args}, where=f"{source}: model {self.model}")
+
+    def warmup_steps(self, total_steps: int, steps_per_epoch: int) -> int:
+        """Warmup length in steps: ``warmup_epochs`` epochs, or ``warmup_fraction`` of ``total_steps``."""
+        if self.warmup_fraction:
+            return round(self.warmup_fraction * total_steps)
+        return min(round(self.warmup_epochs * steps_per_epoch), total_steps)
+
+
+def check_path(source: str, name: str, value: str) -> None:
+    """A path eanet will create: valid UTF-8, and no component longer than the file system allows."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise EanetError(f"{source}: {name} is not valid UTF-8: {describe(value)}") from None
+    for part in Path(value).parts:
+        if len(part.encode()) > 255:
+            raise EanetError(f"{source}: {name} has a path component of {len(part.encode())} bytes; "
+                             "file systems allow 255")
 
 
 def list_recipes() -> list[str]:
@@ -123,22 +195,23 @@ def load_recipe(name_or_path: str) -> dict:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise EanetError(f"cannot parse recipe {path}: {str(exc).splitlines()[0]}") from None
+        raise EanetError(f"cannot parse recipe {path}: {one_line(exc)}") from None
     if not isinstance(data, dict):
         raise EanetError(f"recipe {path} must be a mapping of field: value")
     data.setdefault("recipe", path.stem)
     return data
 
 
-def resolve_config(recipe: str | None = None, *, sets: dict | None = None, **overrides) -> TrainConfig:
-    """Recipe file, then the non-``None`` ``overrides`` on top, then ``sets`` (``--set key=value``) as
-    given, ``None`` included (``--set time_budget=null`` removes a recipe's budget): the run's full
-    configuration."""
-    data = load_recipe(recipe or DEFAULT_RECIPE)
+def resolve_config(recipe: str | dict | None = None, *, sets: dict | None = None, **overrides) -> TrainConfig:
+    """Recipe (a name, a file, or its loaded fields), then the non-``None`` ``overrides`` on top, then
+    ``sets`` (``--set key=value``) as given, ``None`` included (``--set time_budget=null`` removes a
+    recipe's budget): the run's full configuration."""
+    data = dict(recipe) if isinstance(recipe, dict) else load_recipe(recipe or DEFAULT_RECIPE)
     given = [(k, v) for k, v in overrides.items() if v is not None] + list((sets or {}).items())
     for key, value in given:
-        if key in ("model_args", "augment_args"):
+        if key in ("model_args", "augment_args") and isinstance(value, dict):
             data[key] = {**data.get(key, {}), **value}
         else:
             data[key] = value
-    return TrainConfig.from_dict(data, source=f"recipe {data.get('recipe')}")
+    source = f"recipe {data.get('recipe')}" + (" with the command line's values" if given else "")
+    return TrainConfig.from_dict(data, source=source)

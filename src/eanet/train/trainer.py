@@ -1,19 +1,7 @@
 """The training loop, top to bottom: data, model, optimizer, epochs, checkpoints, final report.
 
 One function, :func:`train`, runs a :class:`~eanet.train.config.TrainConfig` and leaves a complete
-run folder::
-
-    runs/<name>/
-      config.yaml            the resolved configuration (every field)
-      metrics.csv            one row per epoch: train/val loss, top-1, top-5, lr, seconds, images/s
-      tensorboard/           TensorBoard event files
-      curves.png             the seed's loss plot with the accuracy curves beside it
-      checkpoint-last.pt     full state for --resume (written atomically, also within epochs)
-      checkpoint-best.pt     the best validation top-1 so far
-      model.safetensors      final weights (EMA weights when EMA is on)
-      config.json            model configuration: eanet.load_model(run folder) works
-      README.md              model card whose model-index holds the measured test metrics
-      results.json           the test metrics and run summary
+run folder (its layout and rules: :mod:`eanet.run_folder`).
 
 Exact resume: the data order depends only on (seed, epoch), and every other random number (dropout,
 augmentation) comes from torch's global generator, whose state is saved in each checkpoint along
@@ -25,14 +13,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -40,14 +26,15 @@ from tqdm import tqdm
 
 from eanet.augment import build_augmentation
 from eanet.data import DeviceLoader, load_dataset
-from eanet.errors import EanetError
-from eanet.evaluate import TTA_VIEWS, evaluate, soft_cross_entropy, topk_correct
-from eanet.fileio import atomic_write_text
-from eanet.hub import write_model_card
+from eanet.errors import EanetError, one_line
+from eanet.evaluate import TTA_VIEWS, describe_tta, evaluate, soft_cross_entropy, topk_correct
+from eanet.hub import save_model, write_model_card
 from eanet.models import create_model
 from eanet.models.inspect import count_parameters
+from eanet.models.registry import variant_label
 from eanet.plots import plot_curves
-from eanet.train.checkpoint import load_checkpoint, save_checkpoint
+from eanet.run_folder import RunFolder
+from eanet.train.checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from eanet.train.config import TrainConfig
 from eanet.train.distributed import (
     DistInfo,
@@ -66,6 +53,7 @@ __all__ = ["train", "RunResult", "CSV_COLUMNS", "default_run_dir"]
 CSV_COLUMNS = ["epoch", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5",
                "lr", "seconds", "images_per_second"]
 WARMUP_STEPS, CALIBRATION_STEPS = 5, 10  # --time-budget: steps skipped, then steps timed, to fit the schedule
+PROVISIONAL_EPOCHS = 16  # epochs: null with a time budget: the schedule's length until the budget fits it
 
 
 @dataclass
@@ -76,8 +64,8 @@ class RunResult:
 
 
 def default_run_dir(cfg: TrainConfig, root: str | Path = "runs") -> Path:
-    """``runs/<recipe>-<model>-s<seed>``, with ``-2``, ``-3``... when that folder is taken."""
-    base = Path(root) / f"{cfg.recipe}-{cfg.model}-s{cfg.seed}"
+    """``runs/<recipe>-<variant>-s<seed>``, with ``-2``, ``-3``... when that folder is taken."""
+    base = Path(root) / f"{Path(cfg.recipe).stem}-{variant_label(cfg.model, cfg.model_args)}-s{cfg.seed}"
     path, n = base, 1
     while path.exists() and any(path.iterdir()):
         n += 1
@@ -120,14 +108,6 @@ def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _write_history(run_dir: Path, history: list[dict], title: str) -> None:
-    lines = [",".join(CSV_COLUMNS)]
-    for row in history:
-        lines.append(",".join("" if row.get(c) is None else f"{row[c]:.6g}" for c in CSV_COLUMNS))
-    atomic_write_text(run_dir / "metrics.csv", "\n".join(lines) + "\n")
-    plot_curves(history, run_dir / "curves.png", title=title)
-
-
 def _summary_line(row: dict, epochs: int) -> str:
     text = (f"Epoch {row['epoch']}/{epochs} - {row['seconds']:.0f}s {row['images_per_second']:.0f} img/s - "
             f"loss: {row['train_loss']:.4f} - accuracy: {row['train_top1']:.4f} - "
@@ -140,36 +120,41 @@ def _summary_line(row: dict, epochs: int) -> str:
 
 def train(cfg: TrainConfig, *, resume: str | Path | None = None, command: str = "") -> RunResult:
     """Run ``cfg`` (or continue the run in folder ``resume``) and return the run folder and test metrics."""
+    cfg.validate()
     device = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     dist_info = setup_distributed(device)
+    folder = RunFolder(resume if resume is not None else (cfg.out or default_run_dir(cfg)))
     try:
-        return _train(cfg, device, dist_info, resume=resume, command=command)
+        return _train(cfg, device, dist_info, folder, resume=resume is not None, command=command)
     finally:
+        folder.release()
         cleanup(dist_info)
 
 
-def _train(cfg: TrainConfig, device: torch.device, info: DistInfo, *, resume, command: str) -> RunResult:
+def _train(cfg: TrainConfig, device: torch.device, info: DistInfo, folder: RunFolder, *, resume: bool,
+           command: str) -> RunResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     log = Logger(cfg.log, info.is_main)
+    run_dir = folder.path
 
-    # ---- the run folder and, when resuming, the saved state
+    # ---- the run folder: checked now, created only once everything below has loaded (a start that fails
+    # leaves nothing behind); when resuming, the saved state, checked against the configuration
     state = None
-    if resume is not None:
-        run_dir = Path(resume)
-        state = load_checkpoint(run_dir / "checkpoint-last.pt")
-    else:
-        run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
-        if info.is_main and (run_dir / "checkpoint-last.pt").exists():
-            raise EanetError(f"{run_dir} already holds a run: continue it with --resume {run_dir} or pick --out")
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if resume:
+        if info.is_main:
+            folder.claim_existing()
+        state = load_checkpoint(folder.checkpoint_last)
+        check_resumable(state, cfg, folder.checkpoint_last)
+    elif info.is_main:
+        folder.check_new()
 
     # ---- data, held as uint8 tensors on the training device
     torch.manual_seed(cfg.seed)
     ds = load_dataset(cfg.dataset, data_dir=cfg.data_dir, val_fraction=cfg.val_fraction,
                       progress=cfg.log == "progress" and info.is_main)
+    if ds.num_classes < 2:
+        raise EanetError(f"{cfg.dataset} has {ds.num_classes} class: a classifier needs at least two")
     per_rank_batch = cfg.batch_size // info.world_size
     if per_rank_batch * info.world_size != cfg.batch_size:
         raise EanetError(f"batch size {cfg.batch_size} is not divisible by {info.world_size} processes")
@@ -188,6 +173,7 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo, *, resume, co
     model.set_input_stats(*ds.channel_stats())
     model.to(device)
     params = count_parameters(model)
+    variant = model.variant
     # fused: one kernel for all parameters instead of a loop of small ops (same update; ~4 ms less per
     # step on the CPU for the 1M-parameter recipe model, results/tuning.md)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps,
@@ -203,19 +189,22 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo, *, resume, co
     native_size = ds.train.images.shape[-1]
     sizes = (ResolutionSchedule(cfg.resolution_schedule, native=native_size) if cfg.resolution_schedule
              else None)
-    total_steps = cfg.epochs * steps_per_epoch
-    if cfg.max_steps:
-        total_steps = min(total_steps, cfg.max_steps)
-    warmup_fraction = cfg.warmup_epochs / cfg.epochs
+    # the most steps the run may take: --epochs and --max-steps; a time budget fits the schedule below that
+    step_cap = min(n for n in (cfg.epochs and cfg.epochs * steps_per_epoch, cfg.max_steps, 10**12) if n)
+    total_steps = min(step_cap, (cfg.epochs or PROVISIONAL_EPOCHS) * steps_per_epoch)
     epoch, start_step, global_step, best_top1, history, elapsed = 0, 0, 0, -1.0, [], 0.0
     sums = [0.0, 0.0, 0.0, 0.0]  # loss * n, top-1 hits, top-5 hits, n of the epoch in progress
     epoch_seconds = 0.0
     calibrated = cfg.time_budget is None
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if ema is not None:
+                ema.load_state_dict(state["ema"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            raise EanetError(f"{folder.checkpoint_last} does not fit this run's model and optimizer: "
+                             f"{one_line(exc)}") from None
         epoch, start_step, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
         total_steps, best_top1, history = state["total_steps"], state["best_top1"], state["history"]
         sums, epoch_seconds, elapsed, calibrated = state["sums"], state["epoch_seconds"], state["elapsed"], True
@@ -226,6 +215,10 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo, *, resume, co
     writer = None
     if info.is_main:
         from torch.utils.tensorboard import SummaryWriter
+
+        if not resume:
+            folder.claim_new()
+        folder.write_config(cfg.to_dict())
 
         writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=global_step if state else None)
 
@@ -239,7 +232,7 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo, *, resume, co
             "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         })
 
-    log.info(f"run folder {run_dir} | {cfg.model} ({params:,} parameters) | {cfg.dataset}: "
+    log.info(f"run folder {run_dir} | {variant} ({params:,} parameters) | {cfg.dataset}: "
              f"{len(ds.train):,} train, {len(ds.val) if ds.val is not None else 0:,} val, {len(ds.test):,} test "
              f"| {device} x{info.world_size} | {steps_per_epoch} steps/epoch")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
@@ -266,7 +259,7 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo, *, resume, co
             counts = sizes.step_counts(global_step, total) if sizes else {native_size: total - global_step}
             return sum(n * (forward_backward[size] + overhead) for size, n in counts.items())
 
-        steps = fit_steps_to_budget(seconds_left, global_step, seconds_for, cfg.max_steps)
+        steps = fit_steps_to_budget(seconds_left, global_step, seconds_for, step_cap)
         return int(broadcast_from_main([steps], info, device)[0])
     lr = cfg.lr
     stop = False
@@ -284,7 +277,7 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo, *, resume, co
             if step >= epoch_steps:
                 break
             lr = learning_rate(global_step, base_lr=cfg.lr, total_steps=total_steps, schedule=cfg.schedule,
-                               warmup_steps=round(warmup_fraction * total_steps), min_lr=cfg.min_lr)
+                               warmup_steps=cfg.warmup_steps(total_steps, steps_per_epoch), min_lr=cfg.min_lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             inputs, targets = augment(images, labels)
@@ -294,8 +287,10 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo, *, resume, co
                 logits = forward(inputs)
             loss = soft_cross_entropy(logits, targets, label_smoothing=cfg.label_smoothing)
             if not torch.isfinite(loss):
+                last = (f"the last good checkpoint is {folder.checkpoint_last}" if folder.checkpoint_last.is_file()
+                        else "no checkpoint was written yet")
                 raise EanetError(f"the loss became {loss.item()} at epoch {epoch + 1}, step {step}: training "
-                                 f"stopped; the last good checkpoint is {run_dir / 'checkpoint-last.pt'}")
+                                 f"stopped; {last}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -369,7 +364,8 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo, *, resume, co
         sums, epoch_seconds = [0.0, 0.0, 0.0, 0.0], 0.0
         elapsed = time.perf_counter() - run_start
         if info.is_main:
-            _write_history(run_dir, history, f"{cfg.model} on {cfg.dataset} ({cfg.recipe})")
+            folder.write_history(history, CSV_COLUMNS)
+            plot_curves(history, folder.curves, title=f"{variant} on {ds.display_name} ({cfg.recipe})")
             for key, value in row.items():
                 if key != "epoch" and value is not None:
                     writer.add_scalar(f"epoch/{key}", value, epoch)
@@ -391,17 +387,18 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo, *, resume, co
     final = ema.module if ema is not None else model
     test = {}
     if info.is_main:
-        _save_model(final, run_dir)
+        save_model(final, run_dir)
         test = evaluate(final, ds.test.images, ds.test.labels, batch_size=cfg.eval_batch_size, device=device,
                         precision=cfg.precision, label_smoothing=cfg.label_smoothing, tta=cfg.tta,
                         coarse_labels=ds.test.coarse_labels, coarse_names=ds.coarse_classes)
-        write_model_card(run_dir, run_name=run_dir.name, model_name=cfg.model, dataset=cfg.dataset,
-                         test_metrics=test, config=cfg.to_dict(), parameters=params,
-                         command=command or "eanet train", attention=final.attention)
-        summary = {"run_dir": str(run_dir), "model": cfg.model, "parameters": params, "epochs": len(history),
-                   "steps": global_step, "train_seconds": round(elapsed, 1),
-                   "test": {k: v for k, v in test.items() if k != "per_coarse"}}
-        atomic_write_text(run_dir / "results.json", json.dumps({**summary, "test": test}, indent=2) + "\n")
+        write_model_card(run_dir, run_name=run_dir.name, model=final, dataset=ds.display_name,
+                         dataset_id=cfg.dataset, test_metrics=test, config=cfg.to_dict(), parameters=params,
+                         command=command or "eanet train", epochs=len(history), steps=global_step,
+                         evaluation=describe_tta(cfg.tta) if cfg.tta != "none" else "")
+        summary = {"run_dir": str(run_dir), "model": variant, "registered_model": cfg.model,
+                   "parameters": params, "epochs": len(history), "steps": global_step,
+                   "train_seconds": round(elapsed, 1), "test": {k: v for k, v in test.items() if k != "per_coarse"}}
+        folder.write_results({**summary, "test": test})
         writer.add_scalar("test/top1", test["top1"], global_step)
         writer.add_scalar("test/top5", test["top5"], global_step)
         writer.close()
@@ -409,13 +406,3 @@ def _train(cfg: TrainConfig, device: torch.device, info: DistInfo, *, resume, co
                                     f"Test top 5 accuracy: {100 * test['top5']:.2f}%\nRun folder: {run_dir}")
     barrier(info)
     return RunResult(run_dir=run_dir, test=test, history=history)
-
-
-def _save_model(model: nn.Module, run_dir: Path) -> None:
-    """``model.safetensors`` + ``config.json``, written in a scratch folder and renamed into place."""
-    scratch = run_dir / ".model-tmp"
-    shutil.rmtree(scratch, ignore_errors=True)
-    model.save_pretrained(scratch)
-    for name in ("config.json", "model.safetensors"):
-        os.replace(scratch / name, run_dir / name)
-    shutil.rmtree(scratch, ignore_errors=True)
