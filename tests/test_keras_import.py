@@ -128,3 +128,43 @@ def test_cli_import_keras_saves_a_loadable_model(saved, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and len(err.splitlines()) == 1
     assert not (tmp_path / "bad").exists()
+
+
+def test_faulty_keras_files_are_one_line_and_nothing_is_written(saved, tmp_path, capsys):
+    """Weights full of NaN, a .keras whose weights member is not HDF5, one whose member claims a huge size,
+    and an --out folder holding the user's files: one line each, nothing written."""
+    import zipfile
+
+    from eanet.cli import main
+    from eanet.keras_import import MAX_MEMBER_BYTES
+
+    src = saved[1]["eanet_keras"]["folder"]
+    nan = _edited(src / "seed.weights.h5", tmp_path / "nan.weights.h5",
+                  lambda f: f["layers/dense_3/vars/0"].__setitem__(..., np.nan))
+    not_hdf5 = tmp_path / "not-hdf5.keras"
+    with zipfile.ZipFile(not_hdf5, "w") as z:
+        z.writestr("config.json", "{}")
+        z.writestr("model.weights.h5", b"this is not HDF5")
+    bomb = tmp_path / "bomb.keras"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("config.json", "{}")
+        with z.open("model.weights.h5", "w", force_zip64=True) as member:  # highly compressible zeros
+            chunk = bytes(1 << 24)
+            for _ in range(MAX_MEMBER_BYTES // len(chunk) + 1):
+                member.write(chunk)
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "config.json").write_text('{"mine": true}\n')
+    cases = [(nan, tmp_path / "a", "holds non-finite values"), (not_hdf5, tmp_path / "b", "is not an HDF5 file"),
+             (bomb, tmp_path / "c", "unpacks to"), (src / "seed.keras", user, "not a model folder eanet wrote")]
+    for path, out, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["import-keras", str(path), "--out", str(out)])
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 1 and err.startswith("error:") and len(err.splitlines()) == 1, err
+        assert message in err, (path.name, err)
+        assert out == user or not out.exists()
+    assert (user / "config.json").read_text() == '{"mine": true}\n' and len(list(user.iterdir())) == 1
+    # a folder eanet wrote may be written again
+    main(["import-keras", str(src / "seed.keras"), "--out", str(tmp_path / "again")])
+    main(["import-keras", str(src / "seed.keras"), "--out", str(tmp_path / "again")])

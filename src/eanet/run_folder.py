@@ -77,10 +77,10 @@ class RunFolder:
     def check_new(self) -> None:
         """Refuse to start a new run here when the folder holds anything that is not a restartable eanet run,
         or when another process writes it."""
-        self._refuse_taken()
-        if (self.path / LOCK).is_file():
-            self._lock()
+        if (self.path / LOCK).is_file():  # a live writer first: that is what the user needs to know
+            self._lock(record=False)
             self.release()
+        self._refuse_taken()
 
     def _refuse_taken(self) -> None:
         if self.path.exists() and not self.path.is_dir():
@@ -130,7 +130,8 @@ class RunFolder:
         if not (self.path / MARKER).is_file():
             atomic_write_text(self.path / MARKER, json.dumps({"format": FORMAT}) + "\n")
 
-    def _lock(self) -> None:
+    def _lock(self, *, record: bool = True) -> None:
+        """Take the folder's flock (``record``: and write this process's pid into ``.lock``)."""
         import fcntl
 
         fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
@@ -141,8 +142,9 @@ class RunFolder:
             os.close(fd)
             raise EanetError(f"{self.path} is being written by another eanet process (pid {holder}); "
                              "wait for it to finish or give --out another folder") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        if record:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
 
     def release(self) -> None:

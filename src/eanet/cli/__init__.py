@@ -62,8 +62,8 @@ def main(argv=None):
     except click.exceptions.Abort:
         click.echo("error: interrupted", err=True)
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
+    except click.ClickException as exc:  # a bad flag or value: one line too (`eanet CMD -h` shows the usage)
+        click.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
         sys.exit(exc.exit_code)
     except EanetError as exc:
         click.echo(f"error: {exc}", err=True)

@@ -130,7 +130,8 @@ def check_model_args(cls: type[nn.Module], args: dict, *, where: str = "model") 
                 check_range(where, key, item, low=low, high=high)
         choices = getattr(cls, "ARG_CHOICES", {}).get(key)
         if choices is not None and value not in choices:
-            raise ModelConfigError(f"{where}: {key} must be one of {', '.join(map(str, choices))}, got {describe(value)}")
+            allowed = ", ".join(map(str, choices))
+            raise ModelConfigError(f"{where}: {key} must be one of {allowed}, got {describe(value)}")
         checked[key] = value
     try:
         with torch.device("meta"):
