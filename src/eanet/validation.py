@@ -26,14 +26,13 @@ def describe(value: Any) -> str:
 
 
 def _type_name(hint) -> str:
-    origin = typing.get_origin(hint)
+    origin, args = typing.get_origin(hint), [a for a in typing.get_args(hint) if a is not Ellipsis]
     if origin in (typing.Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(hint))
+        return " or ".join(_type_name(a) for a in args)
+    if origin is tuple and len(args) > 1 and Ellipsis not in typing.get_args(hint):
+        return f"a list of {len(args)} numbers"
     if origin in (list, tuple, collections.abc.Sequence):
-        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
-        inner = f" of {_type_name(args[0])}" if args else ""
-        return f"a list{inner}" if origin is not tuple or Ellipsis in typing.get_args(hint) or len(args) < 2 \
-            else f"a list of {len(args)} numbers"
+        return f"a list of {_type_name(args[0])}" if args else "a list"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a mapping",
             type(None): "null"}.get(hint, getattr(hint, "__name__", str(hint)))
 
