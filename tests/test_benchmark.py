@@ -5,13 +5,14 @@ layers still compute the seed's function.
 """
 
 import json
+import shutil
 
 import pytest
 import torch
 
 from eanet.cli import main
 from eanet.layers import ExternalAttention, double_normalize
-from eanet.layers import fused as fused_mod
+from eanet.layers import kernels as fused_mod
 
 # one thread: on a shared 2-core machine, two-thread OpenMP regions stall behind other processes' threads
 TINY = ["--steps", "2", "--repeats", "1", "--batch-size", "8", "--warmup", "1", "--peak-size", "128", "--threads", "1"]
@@ -95,7 +96,7 @@ def test_scaling_records_null_when_the_memory_limit_is_hit(capsys, tmp_path):
     # past the fused kernel's token limit, dropout makes self-attention take PyTorch's math path, which holds
     # the N x N matrix: with a limit of 0.5 MB the N=1100 point (4 heads x 1100^2 x 4 bytes x 4 tensors = 77 MB)
     # is not run; N=32 is (by the fused kernel where it is built, which holds no N x N tensor across the step)
-    from eanet.layers.fused import SELF_ATTENTION_MAX_TOKENS
+    from eanet.layers.kernels import SELF_ATTENTION_MAX_TOKENS
 
     big = SELF_ATTENTION_MAX_TOKENS + 76
     rows = json.loads(run_cli(capsys, "--scaling", "--tokens", f"32,{big}", "--batch-size", "1", "--repeats", "1",
@@ -249,3 +250,12 @@ def test_self_attention_module_fast_path_equals_pytorch_path(monkeypatch):
     y2 = layer(x)
     torch.testing.assert_close(y1, y2, rtol=0, atol=0)
     assert not torch.allclose(y1, y_fast)
+
+
+@pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler on this machine: the kernels cannot build")
+def test_the_kernels_build_where_there_is_a_compiler(monkeypatch):
+    """Without this, a kernel source that stops compiling would only turn the kernel tests into skips."""
+    monkeypatch.delenv("EANET_FUSED", raising=False)
+    assert fused_mod.fused_kernels_available()
+    assert {p.name for p in fused_mod.build.CSRC.glob("*.cpp")} == {
+        "dropout.cpp", "external_attention.cpp", "mlp.cpp", "ops.cpp", "self_attention.cpp"}

@@ -264,7 +264,7 @@ def benchmark_model(
     image, achieved FLOP/s and their fraction of the measured matrix-product peak, peak memory, and
     the settings and machine they were measured with.
     """
-    from eanet.layers.fused import fused_kernels_available
+    from eanet.layers.kernels import fused_kernels_available
     from eanet.models import create_model
 
     if dtype not in DTYPES:

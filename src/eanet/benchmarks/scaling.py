@@ -6,7 +6,7 @@ this package's two token mixers at the seed's width d = 64, on ``batch_size`` se
 - ``external``: :class:`~eanet.layers.ExternalAttention` as the seed builds it (expansion 4, 16 heads,
   S = 16), O(d * S * N) per sequence;
 - ``self``: :class:`~eanet.layers.SelfAttention` as the seed's ViT builds it (4 heads of 64): O(d * N^2)
-  time. Up to ``eanet.layers.fused.SELF_ATTENTION_MAX_TOKENS`` tokens on the CPU in fp32 it runs the fused
+  time. Up to ``eanet.layers.kernels.SELF_ATTENTION_MAX_TOKENS`` tokens on the CPU in fp32 it runs the fused
   kernel, which holds one N x N map per thread; beyond, ``F.scaled_dot_product_attention``: without dropout
   PyTorch's CPU flash kernel, which never holds the N x N matrix (memory O(N)), with dropout the math path,
   which materialises it. The ``kernel`` field of each row says which one ran.
@@ -53,7 +53,7 @@ def _make_module(kind: str, dim: int, dropout: float) -> torch.nn.Module:
 def _kernel_name(module: torch.nn.Module, kind: str, dim: int, device: torch.device, tokens: int) -> str:
     """What actually computes the attention at N = ``tokens``: the fused kernels where they apply, otherwise
     probed with a small forward+backward under the profiler (past the fused self-attention's token limit)."""
-    from eanet.layers.fused import SELF_ATTENTION_MAX_TOKENS, fused_kernels_available
+    from eanet.layers.kernels import SELF_ATTENTION_MAX_TOKENS, fused_kernels_available
 
     fused = device.type == "cpu" and fused_kernels_available()
     if kind == "external":

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eanet.layers.fused import FastDropout, composed_memories, counting_flops, external_attention, self_attention
+from eanet.layers.kernels import FastDropout, composed_memories, external_attention, self_attention, unobserved
 
 __all__ = ["ExternalAttention", "SelfAttention", "double_normalize"]
 
@@ -61,11 +61,11 @@ class ExternalAttention(nn.Module):
     Everything is computed tokens-major, ``(B, N, heads, ·)``: the memories act on the last
     dimension, so the multi-head split needs views only, never a transpose.
 
-    For speed (see :mod:`eanet.layers.fused`), when it saves work the forward pass composes steps
+    For speed (see :mod:`eanet.layers.kernels`), when it saves work the forward pass composes steps
     1-2 into one ``Linear(d, heads*S)`` and steps 5-6 into one ``Linear(heads*S, d)``, built on each
     call from ``expand``, ``memory_k``, ``memory_v`` and ``proj`` (the same function, summed in a
     different order; ``composed=False`` forces the step-by-step path), and the dropouts draw their
-    masks from 16 random bits per element (:class:`~eanet.layers.fused.FastDropout`).
+    masks from 16 random bits per element (:class:`~eanet.layers.kernels.FastDropout`).
 
     Args:
         dim: channels d of the input and output.
@@ -111,18 +111,11 @@ class ExternalAttention(nn.Module):
             composed = num_heads * self.memory_size * dim <= inner * dim + num_heads * self.head_dim * self.memory_size
         self.composed = composed
 
-    def _observed(self) -> bool:
-        """Whether forward hooks watch the sub-layers (which the composed path would not call)."""
-        if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
-            return True
-        return any(m._forward_hooks or m._forward_pre_hooks for m in (
-            self.expand, self.memory_k, self.memory_v, self.proj, self.attn_drop, self.proj_drop))
-
     def forward(self, x: torch.Tensor, *, return_attention: bool = False):
         """Mix tokens through the memories.
 
-        Returns the output in the input's layout; with ``return_attention=True`` also the
-        attention map ``(B, N, num_heads, S)`` (after double normalisation, before dropout).
+        Returns the output in the input's layout; with ``return_attention=True`` also the attention map
+        ``(B, N, num_heads, S)`` after the double normalisation, before dropout (from the reference forward).
         """
         feature_map = x.dim() == 4
         if feature_map:
@@ -130,32 +123,39 @@ class ExternalAttention(nn.Module):
             x = x.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, N, C)
         elif x.dim() != 3:
             raise ValueError(f"expected (B, N, C) tokens or a (B, C, H, W) map, got shape {tuple(x.shape)}")
-        batch, tokens, _ = x.shape
-        # step by step whenever someone watches: FLOP counters, hooks on the sub-layers (layer tables)
-        composed = self.composed and not counting_flops() and not self._observed()
-        if composed:
-            w_in, b_in, w_out, b_out = composed_memories(
-                self.expand, self.memory_k, self.memory_v, self.proj, self.num_heads)
-            if not return_attention:
-                out = external_attention(
-                    x, w_in, b_in, w_out, b_out, heads=self.num_heads, eps=self.eps,
-                    p_attn=self.attn_drop.p if self.training else 0.0,
-                    p_proj=self.proj_drop.p if self.training else 0.0)
-                if out is not None:  # the fused CPU kernel ran
-                    return out.transpose(1, 2).reshape(b, c, h, w) if feature_map else out
-            logits = F.linear(x, w_in, b_in).view(batch, tokens, self.num_heads, self.memory_size)
+        if return_attention or not unobserved(self):  # eanet.layers.kernels.gate decides
+            out, attn = self.reference_forward(x)
         else:
-            heads = self.expand(x).view(batch, tokens, self.num_heads, self.head_dim)
-            logits = self.memory_k(heads)  # F M_k^T: (B, N, H, S)
-        attn = double_normalize(logits, token_dim=1, eps=self.eps)  # (B, N, H, S)
-        if composed:
-            out = F.linear(self.attn_drop(attn).view(batch, tokens, -1), w_out, b_out)
-        else:
-            out = self.proj(self.memory_v(self.attn_drop(attn)).reshape(batch, tokens, -1))
-        out = self.proj_drop(out)
+            out, attn = self._fast_forward(x), None
         if feature_map:
             out = out.transpose(1, 2).reshape(b, c, h, w)
         return (out, attn) if return_attention else out
+
+    def reference_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The paper's external attention on tokens ``(B, N, d)``, module by module: returns the output and
+        the attention map ``A`` ``(B, N, heads, S)`` (double-normalised, before dropout)."""
+        batch, tokens, _ = x.shape
+        heads = self.expand(x).view(batch, tokens, self.num_heads, self.head_dim)  # F: (B, N, H, d/H * e)
+        attn = double_normalize(self.memory_k(heads), token_dim=1, eps=self.eps)   # A = Norm(F M_k^T)
+        out = self.proj(self.memory_v(self.attn_drop(attn)).reshape(batch, tokens, -1))  # A M_v, heads merged
+        return self.proj_drop(out), attn
+
+    def _fast_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The same function with the memories composed (when that saves work), in the fused CPU kernel
+        where it applies (:mod:`eanet.layers.kernels.external_attention`), else in PyTorch."""
+        if not self.composed:
+            return self.reference_forward(x)[0]
+        w_in, b_in, w_out, b_out = composed_memories(self.expand, self.memory_k, self.memory_v, self.proj,
+                                                     self.num_heads)
+        p_attn, p_proj = (self.attn_drop.p, self.proj_drop.p) if self.training else (0.0, 0.0)
+        out = external_attention(x, w_in, b_in, w_out, b_out, heads=self.num_heads, eps=self.eps, p_attn=p_attn,
+                                 p_proj=p_proj)
+        if out is not None:  # the fused kernel ran
+            return out
+        batch, tokens, _ = x.shape
+        logits = F.linear(x, w_in, b_in).view(batch, tokens, self.num_heads, self.memory_size)
+        attn = double_normalize(logits, token_dim=1, eps=self.eps)
+        return self.proj_drop(F.linear(self.attn_drop(attn).view(batch, tokens, -1), w_out, b_out))
 
 
 # PyTorch's CPU flash-attention kernel is slow in bf16 for small N and narrow heads: at batch 128, 8 heads,
@@ -184,7 +184,7 @@ class SelfAttention(nn.Module):
     defaults to 0 for that reason.
 
     On the CPU in fp32, up to ``SELF_ATTENTION_MAX_TOKENS`` tokens, the attention itself runs in the
-    fused kernel :func:`~eanet.layers.fused.self_attention` (the N x N map of one head at a time in
+    fused kernel :func:`~eanet.layers.kernels.self_attention` (the N x N map of one head at a time in
     cache, recomputed in the backward pass instead of stored); elsewhere it calls
     ``F.scaled_dot_product_attention``. Same function, same parameters.
     """
@@ -230,7 +230,7 @@ class SelfAttention(nn.Module):
         batch, tokens, _ = x.shape
         drop = self.attn_drop if self.training else 0.0
         qkv = self.qkv(x)  # (B, N, 3 * heads * head_dim): q, k, v side by side
-        if not return_attention and not counting_flops():
+        if not return_attention and unobserved(self):  # eanet.layers.kernels.gate decides
             out = self_attention(qkv, heads=self.num_heads, scale=self.head_dim**-0.5, p=drop)
             if out is not None:  # the fused CPU kernel ran
                 return self.proj_drop(self.proj(out))

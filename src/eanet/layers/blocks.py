@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from eanet.layers.attention import ExternalAttention, SelfAttention
-from eanet.layers.fused import FastDropout, counting_flops, mlp_branch
+from eanet.layers.kernels import FastDropout, mlp_branch, unobserved
 
 __all__ = ["Mlp", "DropPath", "Block", "make_mixer"]
 
@@ -61,7 +61,7 @@ class Block(nn.Module):
 
     ``mixer_kwargs`` go to :class:`ExternalAttention` or :class:`SelfAttention`. ``drop_path`` is
     stochastic depth on both residual branches (0 in the seed). On CPU fp32 the second branch,
-    ``x + MLP(LN(x))``, runs as one fused kernel (:func:`eanet.layers.fused.mlp_branch`: same
+    ``x + MLP(LN(x))``, runs as one fused kernel (:func:`eanet.layers.kernels.mlp_branch`: same
     function, chunks of 1,024 tokens kept in cache, activations recomputed in the backward pass).
     """
 
@@ -86,7 +86,7 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.mixer(self.norm1(x)))
-        if self._fusable():  # the same branch in one CPU kernel (eanet.layers.fused.mlp_branch)
+        if self._fusable():  # the same branch in one CPU kernel (eanet.layers.kernels.mlp_branch)
             drop = self.mlp.drop1.p if self.training else 0.0
             out = mlp_branch(x, self.norm2, self.mlp.fc1, self.mlp.fc2, approximate=self.mlp.act.approximate,
                              p1=drop, p2=self.mlp.drop2.p if self.training else 0.0)
@@ -102,7 +102,4 @@ class Block(nn.Module):
         if not (isinstance(self.mlp, Mlp) and isinstance(self.norm2, nn.LayerNorm) and isinstance(self.mlp.act, nn.GELU)
                 and isinstance(self.mlp.drop1, nn.Dropout) and isinstance(self.mlp.drop2, nn.Dropout)):
             return False
-        if counting_flops() or nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
-            return False
-        watched = (self.norm2, self.mlp, *self.mlp.children(), self.drop_path)
-        return not any(m._forward_hooks or m._forward_pre_hooks for m in watched)
+        return all(unobserved(m) for m in (self.norm2, self.mlp, self.drop_path))  # eanet.layers.kernels.gate
