@@ -259,3 +259,8 @@ def test_the_kernels_build_where_there_is_a_compiler(monkeypatch):
     assert fused_mod.fused_kernels_available()
     assert {p.name for p in fused_mod.build.CSRC.glob("*.cpp")} == {
         "dropout.cpp", "external_attention.cpp", "mlp.cpp", "ops.cpp", "self_attention.cpp"}
+
+
+def test_benchmark_data_reports_the_data_path(capsys):
+    result = json.loads(run_cli(capsys, "--data", "--steps", "3", "--repeats", "2", "--json"))
+    assert result["policy"] == "keras" and result["images_per_second"] > 0 and len(result["runs"]) == 2

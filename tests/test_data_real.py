@@ -79,7 +79,7 @@ def test_decoding_layout_gives_the_known_channel_means(loads):
 
 
 def test_second_run_comes_from_the_decoded_cache(loads):
-    # how fast that is (the 2-second target) is measured by `python -m eanet.benchmarks.data_path`
+    # how fast that is (the 2-second target) is measured by `eanet benchmark --data`
     # (`load_seconds`), not asserted here: a timed test fails on a busy machine, not on slow code
     (first, decoded_first), (second, decoded_second) = loads
     assert (decoded_first, decoded_second) == (1, 1)  # the pickles were decoded once, by the first run

@@ -114,3 +114,27 @@ def test_model_card_names_the_token_mixer(attention, tmp_path):
     assert ("External Attention using Two" in mixer) == (attention == "external")
     assert ("self-attention" in mixer) == (attention == "self")
     assert "arxiv.org/abs/2105.02358" in card  # the paper, whichever the mixer
+
+
+def test_a_missing_extra_is_named(monkeypatch, tmp_path, capsys):
+    """Without the onnx extra, `eanet export` says which extra to install, in one line."""
+    import builtins
+
+    from eanet.cli import main
+
+    real_import = builtins.__import__
+
+    def no_onnx(name, *args, **kwargs):
+        if name.split(".")[0] in ("onnx", "onnxruntime", "onnxscript"):
+            raise ModuleNotFoundError(f"No module named '{name}'", name=name)
+        return real_import(name, *args, **kwargs)
+
+    model = eanet.create_model("eanet_keras", depth=1)
+    model.save_pretrained(tmp_path / "m")
+    monkeypatch.setattr(builtins, "__import__", no_onnx)
+    for name in ("onnx", "onnxruntime", "onnxscript"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    with pytest.raises(SystemExit):
+        main(["export", str(tmp_path / "m"), "--onnx", str(tmp_path / "m.onnx")])
+    err = capsys.readouterr().err.strip()
+    assert err == "error: eanet export needs the 'onnx' extra (module onnx is missing): pip install 'eanet[onnx]'"

@@ -82,7 +82,7 @@ def copy_of(run: Path, dst: Path) -> Path:
     (["--set", "batch_size=2.5"], "batch_size must be an integer, got 2.5"),
     (["--set", "seed=-1"], "seed must be in [0,"),
     (["--model", "bogus"], "unknown model 'bogus'"),
-    (["--device", "tpu"], "device must be auto, cpu, cuda, cuda:N or mps, got 'tpu'"),
+    (["--device", "tpu"], "unknown device 'tpu': expected auto, cpu, cuda, cuda:N or mps"),
     (["--set", "augment=bogus"], "unknown augmentation policy 'bogus'"),
     (["--out", "x" * 300], "out has a path component of 300 bytes"),
     (["--out", os.fsdecode(b"bad-\xff-name")], "out is not valid UTF-8"),

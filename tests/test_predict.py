@@ -165,7 +165,7 @@ def test_cli_predict_mixed_good_and_bad(model_dir, images):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     err = proc.stderr.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"error: {images['not_image']}: not an image")
+    assert len(err) == 1 and err[0].startswith(f"error: cannot read image {images['not_image']}: not an image")
     assert "Traceback" not in proc.stderr
     out = proc.stdout.splitlines()
     assert str(images["rgb"]) in out and str(images["big"]) in out
@@ -188,3 +188,19 @@ def test_cli_predict_bad_model_dir(tmp_path, images, capsys):
         main(["predict", str(tmp_path / "nowhere"), str(images["rgb"])])
     assert info.value.code == 1
     assert capsys.readouterr().err.strip().splitlines() == [f"error: model folder not found: {tmp_path / 'nowhere'}"]
+
+
+def test_prediction_sees_the_pixels_training_saw(tmp_path):
+    """One decoder: for every file of an image folder (PNG, JPEG, grey, palette, alpha, 16-bit, odd sizes),
+    `eanet predict`'s input equals the image-folder loader's tensor."""
+    from fakedata import write_image_folder
+
+    from eanet.data.imagefolder import load_imagefolder, scan
+    from eanet.predict import load_image
+
+    root = write_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=6, test_per_class=6)
+    decoded = load_imagefolder(root, image_size=32, use_cache=False)
+    _, _, test_items = scan(root)
+    assert len(test_items) == len(decoded.test) == 12
+    for (path, _), pixels in zip(test_items, decoded.test.images, strict=True):
+        assert torch.equal(load_image(path, 32), pixels), path.name

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from eanet.errors import EanetError
+from eanet.extras import EXTRAS, require
 
 __all__ = ["export_onnx", "export_and_check", "check_onnx", "MIN_OPSET", "MAX_OPSET", "INPUT_NAME", "OUTPUT_NAME"]
 
@@ -100,8 +101,8 @@ def check_onnx(path: str | Path, model: nn.Module, *, batch_size: int = CHECK_BA
 
 
 def _check(path: Path, model: nn.Module, *, batch_size: int, seed: int, label: str) -> float:
-    import onnx
-    import onnxruntime as ort
+    onnx = require("onnx", extra="onnx", what="ONNX export")
+    ort = require("onnxruntime", extra="onnx", what="ONNX export")
 
     try:
         onnx.checker.check_model(str(path), full_check=True)
@@ -142,6 +143,8 @@ def _check(path: Path, model: nn.Module, *, batch_size: int, seed: int, label: s
 
 def export_and_check(model: nn.Module, path: str | Path, *, opset: int | None = None) -> tuple[Path, float]:
     """:func:`export_onnx` that also returns the verified max abs difference from PyTorch."""
+    for module in EXTRAS["onnx"]:
+        require(module, extra="onnx", what="ONNX export")
     path = Path(path)
     if opset is not None and not MIN_OPSET <= opset <= MAX_OPSET:
         raise EanetError(f"opset {opset} is not supported: choose {MIN_OPSET} to {MAX_OPSET}")

@@ -2,11 +2,11 @@
 
 Same operations, magnitude tables and defaults as torchvision's ``TrivialAugmentWide`` and
 ``RandAugment`` (which follow the papers): every image draws its *own* operation (and, for
-TrivialAugment, its own magnitude bin), unlike kornia's batch-level versions that apply one
+TrivialAugment, its own magnitude bin), unlike batch-level versions that apply one
 operation to the whole batch. Images are grouped by operation, so each operation runs once per
 batch on its group. Geometric operations use nearest sampling with a black fill (torchvision's
-defaults); colour operations clamp to [0, 255] as PIL does. Histogram equalisation uses
-:func:`kornia.enhance.equalize` (PIL's algorithm, batched).
+defaults); colour operations clamp to [0, 255] as PIL does. Histogram equalisation is PIL's
+algorithm, batched over every (image, channel) plane (:func:`equalize`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import kornia
 import torch
 import torch.nn.functional as F
 
@@ -113,10 +112,20 @@ def autocontrast(x: Tensor, m: Tensor) -> Tensor:
 
 
 def equalize(x: Tensor, m: Tensor) -> Tensor:
-    levels = x.round().clamp(0, 255)
-    # (k + 0.25) / 255: kornia's (x * 255).long() reads exactly level k despite float rounding, and a
-    # plane it leaves unchanged (too few distinct levels) rounds back to k
-    return (kornia.enhance.equalize((levels + 0.25) / 255.0) * 255.0).round().clamp(0, 255)
+    """PIL's ``ImageOps.equalize`` on every (image, channel) plane at once: a lookup table from the plane's
+    256-level histogram, ``lut[k] = (pixels below level k + step // 2) // step`` with ``step`` the pixel
+    count outside the top occupied level over 255; a plane with ``step == 0`` (too few distinct levels)
+    is left as it is."""
+    b, c, h, w = x.shape
+    levels = x.round().clamp(0, 255).long().view(b * c, h * w)
+    offsets = torch.arange(b * c, device=x.device).unsqueeze(1) * 256
+    hist = torch.bincount((levels + offsets).view(-1), minlength=b * c * 256).view(b * c, 256)
+    top = 255 - torch.argmax((hist.flip(1) > 0).long(), dim=1)  # highest occupied level of each plane
+    step = (h * w - hist.gather(1, top.unsqueeze(1)).squeeze(1)) // 255
+    below = torch.cumsum(hist, dim=1) - hist  # pixels strictly below each level
+    lut = ((below + (step // 2).unsqueeze(1)) // step.clamp_min(1).unsqueeze(1)).clamp(0, 255)
+    out = torch.where(step.unsqueeze(1) > 0, lut.gather(1, levels), levels)
+    return out.view(b, c, h, w).to(x.dtype)
 
 
 def identity(x: Tensor, m: Tensor) -> Tensor:

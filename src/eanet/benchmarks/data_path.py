@@ -1,17 +1,14 @@
 """Throughput of the data path: batch assembly (DeviceLoader) plus an augmentation policy.
 
-``python -m eanet.benchmarks.data_path`` measures images/second of ``DeviceLoader`` batches of
-128, converted to float and augmented with the seed's ``keras`` policy, on the real CIFAR-100
-when it is present (else on synthetic data of the same shape), as the median of several
-repeats. The seed's Keras model trains at about 31 img/s on a 2-core CPU, our PyTorch port aims
-at 150 img/s or more: the data path must stay at least 10 times faster than that so it never
-limits training.
+``eanet benchmark --data`` measures images/second of ``DeviceLoader`` batches of 128, converted to
+float and augmented with the Keras example's ``keras`` policy, on the real CIFAR-100 when it is present
+(else on synthetic data of the same shape), as the median of several repeats. The training step runs at
+a few hundred images/second on a 2-core CPU: the data path must stay at least 10 times faster than that
+so it never limits training.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
 
@@ -21,7 +18,7 @@ from eanet.augment import build_augmentation
 from eanet.data import DeviceLoader, load_dataset
 from eanet.errors import DataError
 
-__all__ = ["benchmark_data_path", "main"]
+__all__ = ["benchmark_data_path"]
 
 
 def _dataset(name: str, data_dir, synthetic_size: int):
@@ -86,39 +83,3 @@ def benchmark_data_path(
         "device": str(device),
         "threads": torch.get_num_threads(),
     }
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m eanet.benchmarks.data_path", description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="auto", choices=["auto", "cifar100", "synthetic"])
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--policy", default="keras")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    args = parser.parse_args(argv)
-    result = benchmark_data_path(
-        dataset=args.dataset,
-        data_dir=args.data_dir,
-        policy=args.policy,
-        batch_size=args.batch_size,
-        steps=args.steps,
-        repeats=args.repeats,
-        device=args.device,
-    )
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return
-    runs = ", ".join(f"{r:,.0f}" for r in result["runs"])
-    print(
-        f"data path ({result['dataset']}, {result['train_images']:,} train images, policy {result['policy']}, "
-        f"batch {result['batch_size']}, {result['device']}, {result['threads']} threads): "
-        f"{result['images_per_second']:,.0f} img/s median (runs: {runs}); "
-        f"dataset loaded in {result['load_seconds']:.2f} s"
-    )
-
-
-if __name__ == "__main__":
-    main()

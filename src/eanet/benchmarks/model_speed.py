@@ -33,6 +33,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from eanet.devices import resolve_device as _resolve
 from eanet.errors import EanetError
 
 __all__ = [
@@ -65,13 +66,9 @@ def set_threads(threads: int | None) -> None:
 
 
 def resolve_device(device: str) -> torch.device:
-    """``device`` as a ``torch.device`` that exists here; an :class:`EanetError` otherwise."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise EanetError(f"unknown device {device!r}: expected cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise EanetError(f"device {device!r} requested but CUDA is not available on this machine")
+    """``device`` as a ``torch.device`` that exists here (:mod:`eanet.devices`); the benchmark times CPUs and
+    CUDA GPUs."""
+    dev = _resolve(device)
     if dev.type not in ("cpu", "cuda"):
         raise EanetError(f"device {device!r} is not supported by the benchmark: use cpu or cuda")
     return dev

@@ -33,20 +33,19 @@ COMMANDS = {
 
 class LazyGroup(click.Group):
     def list_commands(self, ctx):
-        return sorted(name for name in COMMANDS if self._find(name) is not None)
+        return sorted(COMMANDS)
 
     def get_command(self, ctx, name):
         return self._find(name)
 
     @staticmethod
     def _find(name):
+        """The command ``name``; its module imports its optional dependencies only when it runs
+        (:mod:`eanet.extras`), so a missing extra is said when the command is used, never hidden."""
         if name not in COMMANDS:
             return None
         module, attr = COMMANDS[name]
-        try:
-            return getattr(importlib.import_module(module), attr)
-        except (ModuleNotFoundError, AttributeError):
-            return None  # a command whose module is not written yet
+        return getattr(importlib.import_module(module), attr)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

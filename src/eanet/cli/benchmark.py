@@ -46,6 +46,10 @@ def _mb(nbytes) -> str:
 @click.option("--memory/--no-memory", "measure_memory", default=True, show_default=True,
               help="measure peak memory with one extra untimed step")
 @click.option("--scaling", is_flag=True, help="ExternalAttention against SelfAttention (d=64) as N grows")
+@click.option("--data", "data_path", is_flag=True, help="the data path instead: batch assembly plus augmentation "
+              "(--augment), on CIFAR-100 from --data-dir when present, else synthetic")
+@click.option("--augment", default="keras", show_default=True, help="--data: the augmentation policy")
+@click.option("--data-dir", default=None, help="--data: where CIFAR-100 is (else $EANET_DATA_DIR)")
 @click.option("--tokens", default="256,1024,4096,16384", show_default=True, help="--scaling: token counts N")
 @click.option("--dropout", type=float, default=0.0, show_default=True,
               help="--scaling: attention dropout of both modules (>0 makes self-attention use its N x N math path)")
@@ -56,7 +60,8 @@ def _mb(nbytes) -> str:
               help="--scaling: where to write the log-log plot")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object (a list of rows with --scaling)")
 def benchmark_cmd(model_name, recipe, sets, batch_size, threads, dtype, use_compile, device, warmup, steps,
-                  repeats, seed, peak_size, measure_memory, scaling, tokens, dropout, memory_limit, out, as_json):
+                  repeats, seed, peak_size, measure_memory, scaling, data_path, augment, data_dir, tokens, dropout,
+                  memory_limit, out, as_json):
     """Images/second of a model's training step and inference, or (--scaling) the cost of external against
     self-attention as the number of tokens grows.
 
@@ -66,6 +71,10 @@ def benchmark_cmd(model_name, recipe, sets, batch_size, threads, dtype, use_comp
     def progress(msg: str) -> None:
         click.echo(msg, err=True)
 
+    if data_path:
+        _data_path(data_dir, augment, 128 if batch_size is None else batch_size, 40 if steps == 5 else steps,
+                   5 if repeats is None else repeats, device, threads, as_json)
+        return
     if scaling:
         _scaling(tokens, 4 if batch_size is None else batch_size, threads, device,
                  1 if warmup is None else warmup, 3 if repeats is None else repeats, seed,
@@ -121,6 +130,25 @@ def _model_and_args(model_name: str | None, recipe: str | None, sets: tuple[str,
         raise EanetError(f"--set of the benchmark takes model_args.KEY=VALUE only, got {', '.join(unknown)}")
     args.update(parsed.get("model_args", {}))
     return model_name or "eanet_keras", args
+
+
+def _data_path(data_dir, policy, batch_size, steps, repeats, device, threads, as_json):
+    import torch
+
+    from eanet.benchmarks.data_path import benchmark_data_path
+
+    if threads:
+        torch.set_num_threads(threads)
+    result = benchmark_data_path(dataset="auto", data_dir=data_dir, policy=policy, batch_size=batch_size,
+                                 steps=steps, repeats=repeats, device=device)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    runs = ", ".join(f"{r:,.0f}" for r in result["runs"])
+    click.echo(f"data path ({result['dataset']}, {result['train_images']:,} train images, policy {result['policy']}, "
+               f"batch {result['batch_size']}, {result['device']}, {result['threads']} threads): "
+               f"{result['images_per_second']:,.0f} img/s median (runs: {runs}); "
+               f"dataset loaded in {result['load_seconds']:.2f} s")
 
 
 def _scaling(tokens, batch_size, threads, device, warmup, repeats, seed, measure_memory, dropout, memory_limit,

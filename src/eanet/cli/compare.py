@@ -100,6 +100,7 @@ def compare_cmd(runs, models, recipe, sets, out, quiet, **options) -> None:
     from eanet.plots import plot_comparison
 
     if not runs:
+        from eanet.cli.progress import ConsoleReport
         from eanet.cli.train import _parse_sets
         from eanet.train.config import resolve_config
         from eanet.train.trainer import train
@@ -110,7 +111,9 @@ def compare_cmd(runs, models, recipe, sets, out, quiet, **options) -> None:
         for name in [m.strip() for m in models.split(",") if m.strip()]:
             run_overrides = {**overrides, "model": name, "out": str(out / name), "log": "quiet" if quiet else None}
             cfg = resolve_config(recipe or "keras-example", sets=set_values, **run_overrides)
-            runs.append(train(cfg, command=f"eanet compare --models {models}").run_dir)
+            report = ConsoleReport(cfg.log)
+            runs.append(train(cfg, command=f"eanet compare --models {models}", report=report,
+                              progress=report.bars).run_dir)
     rows = [read_run(Path(r)) for r in runs]
     out.mkdir(parents=True, exist_ok=True)
     text = table(rows)

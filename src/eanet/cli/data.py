@@ -37,7 +37,9 @@ def download_cmd(dataset, data_dir, keep_archive, force, progress):
         click.echo(f"{spec.title} already present and verified: {source}")
         return
     click.echo(f"downloading {spec.title} from {spec.url} to {base}")
-    source = fetch(spec, base, progress=progress, keep_archive=keep_archive, replace=force)
+    from eanet.cli.progress import bars
+
+    source = fetch(spec, base, progress=bars if progress else None, keep_archive=keep_archive, replace=force)
     click.echo(f"{spec.title} downloaded, extracted and verified: {source.path}")
 
 

@@ -21,7 +21,9 @@ def export_cmd(model_dir: Path, onnx_path: Path, opset: int | None) -> None:
     batch, and returns `logits` (batch, classes). The file is checked with onnx.checker and ONNX
     Runtime against PyTorch before it is written; a failed export leaves no file behind.
     """
-    import onnx
+    from eanet.extras import require
+
+    onnx = require("onnx", extra="onnx", what="eanet export")
 
     from eanet.export import CHECK_BATCH, INPUT_NAME, OUTPUT_NAME, export_and_check
 

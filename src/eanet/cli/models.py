@@ -80,7 +80,10 @@ def _check_model_out(out: Path) -> None:
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="folder to save the model in")
 def import_keras_cmd(weights: Path, model_name: str, out: Path) -> None:
     """Import weights saved by the seed's Keras code (.weights.h5 or .keras) into a saved model."""
+    from eanet.extras import require
     from eanet.hub import save_model
+
+    require("h5py", extra="keras", what="eanet import-keras")
     from eanet.keras_import import import_keras
 
     if not weights.is_file():

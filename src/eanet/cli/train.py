@@ -137,4 +137,8 @@ def train_cmd(recipe, resume, sets, compile_, print_config, **options) -> None:
     if print_config:
         click.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False), nl=False)
         return
-    train(cfg, resume=resume, command=" ".join(["eanet"] + [shlex.quote(a) for a in sys.argv[1:]]))
+    from eanet.cli.progress import ConsoleReport
+
+    report = ConsoleReport(cfg.log)
+    train(cfg, resume=resume, command=" ".join(["eanet"] + [shlex.quote(a) for a in sys.argv[1:]]), report=report,
+          progress=report.bars)

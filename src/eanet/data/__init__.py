@@ -20,6 +20,7 @@ from eanet.data.dataset import Dataset, ImageSet, channel_stats, split_validatio
 from eanet.data.loader import DeviceLoader
 from eanet.data.sources import cache_dir, resolve_data_dir
 from eanet.errors import DataError
+from eanet.progress import Factory
 
 __all__ = [
     "DATASETS",
@@ -62,7 +63,7 @@ def load_dataset(
     val_fraction: float = 0.2,
     download: bool = True,
     image_size: int = 32,
-    progress: bool = True,
+    progress: Factory | None = None,
     **options,
 ) -> Dataset:
     """Load a dataset into memory, split off validation, and return a :class:`Dataset`.

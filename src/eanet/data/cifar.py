@@ -32,6 +32,7 @@ from eanet.data.sources import (
     safe_extract,
 )
 from eanet.errors import DataError
+from eanet.progress import Factory
 
 __all__ = ["CifarSpec", "SPECS", "Source", "locate", "verify", "decode", "fetch", "load_cifar"]
 
@@ -241,7 +242,7 @@ def decode(spec: CifarSpec, source: Source) -> Decoded:
 
 
 def fetch(
-    spec: CifarSpec, base: Path, *, progress: bool = True, keep_archive: bool = False, replace: bool = False
+    spec: CifarSpec, base: Path, *, progress: Factory | None = None, keep_archive: bool = False, replace: bool = False
 ) -> Source:
     """Download (unless a verified archive is already there), extract safely and verify ``spec`` into ``base``.
 
@@ -270,7 +271,7 @@ def fetch(
 
 
 def find_or_fetch(
-    name: str, *, data_dir=None, download: bool = True, progress: bool = True
+    name: str, *, data_dir=None, download: bool = True, progress: Factory | None = None
 ) -> tuple[CifarSpec, Source]:
     """The spec and a located source for ``name``, downloading it when absent and ``download`` is set."""
     spec = SPECS[name]
@@ -287,7 +288,8 @@ def find_or_fetch(
     return spec, source
 
 
-def load_cifar(name: str, *, data_dir=None, download: bool = True, progress: bool = True) -> tuple[Decoded, Source]:
+def load_cifar(name: str, *, data_dir=None, download: bool = True,
+               progress: Factory | None = None) -> tuple[Decoded, Source]:
     """Locate (or download), verify, and decode ``name``, through the decoded cache."""
     spec, source = find_or_fetch(name, data_dir=data_dir, download=download, progress=progress)
     verify(spec, source)

@@ -12,25 +12,25 @@ Decoded results are cached like CIFAR's, keyed by the md5 of every file and the 
 
 from __future__ import annotations
 
-import io
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
-from tqdm import tqdm
 
+from eanet.data import images
 from eanet.data.cache import Decoded, cache_key, load_cached, store_cached
 from eanet.data.dataset import ImageSet
 from eanet.data.sources import bytes_md5
 from eanet.errors import DataError, one_line
+from eanet.progress import Factory
+from eanet.progress import bar as progress_bar
 
 __all__ = ["IMAGE_SUFFIXES", "RESIZE_MODES", "scan", "decode_image", "load_imagefolder"]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-RESIZE_MODES = ("squash", "crop")
+RESIZE_MODES = images.RESIZE_MODES
 LAYOUT = "expected train/<class>/*.png|jpg and test/<class>/..."
 
 
@@ -77,41 +77,10 @@ def scan(root: Path) -> tuple[list[str], list[tuple[Path, int]], list[tuple[Path
     return classes, flat(train), flat(test)
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
-        values = np.asarray(image, dtype=np.float64)
-        if image.mode.startswith("I;16") or values.max(initial=0) > 255:
-            values = values / 257.0
-        elif image.mode == "F" and values.max(initial=0) <= 1.0:
-            values = values * 255.0
-        image = Image.fromarray(np.clip(values.round(), 0, 255).astype(np.uint8), "L")
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(white, rgba)
-    return image.convert("RGB")
-
-
 def decode_image(data: bytes, *, path: Path, image_size: int, resize: str = "squash") -> np.ndarray:
-    """Decode one image file's bytes into uint8 ``(3, image_size, image_size)``."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            rgb = _to_rgb(image)
-    except Image.DecompressionBombError as exc:
-        raise DataError(f"cannot read image {path}: {one_line(exc)}") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
-        # Pillow's own messages name the buffer it read (<_io.BytesIO object at 0x...>): say the file instead
-        reason = "not an image Pillow can read" if isinstance(exc, UnidentifiedImageError) else one_line(exc)
-        raise DataError(f"cannot read image {path}: {reason}") from None
-    size = (image_size, image_size)
-    if rgb.size != size:
-        if resize == "crop":
-            rgb = ImageOps.fit(rgb, size, method=Image.Resampling.BICUBIC)
-        else:
-            rgb = rgb.resize(size, Image.Resampling.BICUBIC)
-    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+    """One image file's bytes as uint8 ``(3, image_size, image_size)`` (:func:`eanet.data.images.decode_image`,
+    the decoder prediction uses too)."""
+    return images.decode_image(data, path=path, size=image_size, resize=resize)
 
 
 def _read(path: Path) -> bytes:
@@ -126,17 +95,18 @@ def _decode_all(items, blobs, *, image_size, resize, progress, desc) -> ImageSet
         return decode_image(blobs[i], path=items[i][0], image_size=image_size, resize=resize)
 
     workers = max(1, min(8, os.cpu_count() or 1))
-    with ThreadPoolExecutor(workers) as pool:
-        arrays = list(
-            tqdm(pool.map(work, range(len(items))), total=len(items), desc=desc, disable=not progress, leave=False)
-        )
+    arrays = []
+    with ThreadPoolExecutor(workers) as pool, progress_bar(progress, desc=desc, total=len(items)) as bar:
+        for array in pool.map(work, range(len(items))):
+            arrays.append(array)
+            bar.update(1)
     images = torch.from_numpy(np.stack(arrays))
     labels = torch.tensor([label for _, label in items], dtype=torch.int64)
     return ImageSet(images, labels)
 
 
 def load_imagefolder(
-    root: Path, *, image_size: int = 32, resize: str = "squash", progress: bool = True, use_cache: bool = True
+    root: Path, *, image_size: int = 32, resize: str = "squash", progress: Factory | None = None, use_cache: bool = True
 ) -> Decoded:
     """Scan, hash and decode ``root`` (through the decoded cache unless ``use_cache`` is False)."""
     if resize not in RESIZE_MODES:
@@ -157,6 +127,7 @@ def load_imagefolder(
         classes=classes,
         image_size=image_size,
         resize=resize,
+        decoder=images.DECODER_VERSION,
     )
     cached = load_cached("imagefolder", key) if use_cache else None
     if cached is not None:

@@ -26,9 +26,9 @@ import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
 
-from tqdm import tqdm
-
 from eanet.errors import DataError, one_line
+from eanet.progress import Factory
+from eanet.progress import bar as progress_bar
 
 __all__ = [
     "cache_dir",
@@ -124,7 +124,7 @@ def iter_archive(archive: Path) -> Iterator[tuple[tarfile.TarInfo, PurePosixPath
         raise DataError(f"cannot read {archive}: {exc.strerror or one_line(exc)}") from None
 
 
-def download_file(url: str, dest: Path, *, md5: str, progress: bool = True, timeout: float = 60.0) -> Path:
+def download_file(url: str, dest: Path, *, md5: str, progress: Factory | None = None, timeout: float = 60.0) -> Path:
     """Download ``url`` to ``dest`` through a temporary name, check its md5, then rename it into place.
 
     Nothing named ``dest`` exists unless the whole file arrived and matched ``md5``; the temporary
@@ -147,15 +147,8 @@ def download_file(url: str, dest: Path, *, md5: str, progress: bool = True, time
     try:
         with os.fdopen(handle, "wb") as out, response:
             length = response.headers.get("Content-Length")
-            with tqdm(
-                total=int(length) if length else None,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=f"downloading {dest.name}",
-                disable=not progress,
-                leave=False,
-            ) as bar:
+            with progress_bar(progress, desc=f"downloading {dest.name}", total=int(length) if length else None,
+                              unit="B", unit_scale=True, unit_divisor=1024) as bar:
                 while chunk := response.read(CHUNK):
                     out.write(chunk)
                     digest.update(chunk)

@@ -96,10 +96,10 @@ class TrainConfig:
         be checked before any data is loaded."""
         from eanet.augment import build_augmentation
         from eanet.data import DATASETS
+        from eanet.devices import parse_device
         from eanet.evaluate import TTA_MODES  # the one list of test-time augmentations evaluate() knows
         from eanet.models import model_spec
         from eanet.models.registry import check_model_args
-        from eanet.train.distributed import parse_device
 
         def rng(name, **limits):
             check_range(source, name, getattr(self, name), **limits)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from eanet.errors import EanetError
+from eanet.devices import resolve_device
 
 __all__ = [
     "DistInfo", "setup_distributed", "pick_device", "all_reduce_sum", "broadcast_from_main", "barrier", "cleanup",
@@ -30,35 +30,9 @@ class DistInfo:
         return self.rank == 0
 
 
-def parse_device(requested: str) -> torch.device | None:
-    """Check a device name against this machine: ``auto`` (None), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
-    if requested == "auto":
-        return None
-    try:
-        device = torch.device(requested)
-    except (RuntimeError, TypeError):
-        raise EanetError(f"device must be auto, cpu, cuda, cuda:N or mps, got {requested!r}") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise EanetError(f"device {requested!r}: this PyTorch ({torch.__version__}) sees no CUDA GPU")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise EanetError(f"device {requested!r}: there are {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise EanetError(f"device {requested!r}: MPS is not available here")
-    elif device.type != "cpu":
-        raise EanetError(f"device must be auto, cpu, cuda, cuda:N or mps, got {requested!r}")
-    return device
-
-
 def pick_device(requested: str, local_rank: int = 0) -> torch.device:
-    """``auto`` is the GPU when there is one (``cuda:<local rank>`` under torchrun), else the CPU."""
-    device = parse_device(requested)
-    if device is None:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
-    return device
+    """The training device (:func:`eanet.devices.resolve_device`)."""
+    return resolve_device(requested, local_rank)
 
 
 def setup_distributed(device: torch.device) -> DistInfo:
