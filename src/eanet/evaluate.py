@@ -1,4 +1,4 @@
-"""Loss, top-1 and top-5 accuracy (as the seed reports them), and accuracy per coarse class."""
+"""Loss, top-1 and top-5 accuracy (as the Keras example reports them), and accuracy per coarse class."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ __all__ = ["soft_cross_entropy", "topk_correct", "evaluate", "predict_views", "d
 TTA_VIEWS: dict[str, tuple[tuple[bool, int, int], ...]] = {
     "none": ((False, 0, 0),),
     "flip": ((False, 0, 0), (True, 0, 0)),
-    # chosen on the validation split of two 10-minute cifar100-fast runs (results/tuning.md): +0.8 and
+    # chosen on the validation split of two 10-minute cifar100-fast runs (docs/tuning.md): +0.8 and
     # +1.1 points of top-1 over "flip"; shifts of 2 pixels or 10 views did no better
     "flip-shift": tuple((mirrored, r, c) for mirrored in (False, True) for r, c in ((0, 0), (1, 1), (-1, -1))),
 }

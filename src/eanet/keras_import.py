@@ -11,8 +11,8 @@ gives each layer ``snake_case(class name)``, de-duplicated by a counter *per cla
 ``Dense`` is ``layers/dense``, the next ``layers/dense_1``, ... A layer's own variables sit in
 ``<group>/vars/0, 1, ...`` in creation order; sub-layers held as attributes nest under the attribute
 name (``layers/patch_embedding/proj/vars/0``), and a nested ``Sequential`` lists its layers again
-(``layers/sequential/layers/normalization/vars/0``). ``model.layers`` of the seed's functional
-model is its call order, so the k-th ``Dense`` of the file is the k-th ``Dense`` the seed applies.
+(``layers/sequential/layers/normalization/vars/0``). ``model.layers`` of the Keras example's functional
+model is its call order, so the k-th ``Dense`` of the file is the k-th ``Dense`` the Keras example applies.
 
 **How we recover that order.** For a ``.keras`` file we replay this naming rule over the layer list
 of ``config.json`` (operations such as ``ops.reshape`` are listed there but are not saved layers, so
@@ -170,9 +170,9 @@ def _open(path: Path) -> tuple[h5py.File, dict | None]:
 
 
 def import_keras(path: str | Path, *, model: str = "eanet_keras", **overrides) -> EANet:
-    """Build ``eanet.create_model(model, **overrides)`` and fill it with a Keras 3 save of the seed.
+    """Build ``eanet.create_model(model, **overrides)`` and fill it with a Keras 3 save of the Keras example.
 
-    ``path`` is what the seed's ``model.save_weights`` (``.weights.h5``) or ``model.save``
+    ``path`` is what the Keras example's ``model.save_weights`` (``.weights.h5``) or ``model.save``
     (``.keras``) wrote. Returns the model in ``eval()`` mode; its logits' softmax is the Keras
     model's output. Raises :class:`EanetError` on anything that does not fit.
     """
@@ -182,7 +182,7 @@ def import_keras(path: str | Path, *, model: str = "eanet_keras", **overrides) -
     except (TypeError, ValueError) as exc:
         raise EanetError(f"cannot build model {model!r}: {exc}") from None
     if not isinstance(net, EANet) or not isinstance(net.stem, PatchEmbed):
-        raise EanetError(f"model {model!r} is not a patch-embedding EANet: the seed's weights do not fit it")
+        raise EanetError(f"model {model!r} is not a patch-embedding EANet: the Keras example's weights do not fit it")
     h5, config = _open(path)
     try:
         with h5:

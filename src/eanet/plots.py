@@ -1,4 +1,4 @@
-"""The seed's training curves (train vs validation loss) with the accuracy curves beside them."""
+"""The Keras example's training curves (train vs validation loss) with the accuracy curves beside them."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def _save(fig, path: Path) -> None:
 
 
 def plot_curves(history: Sequence[Mapping], path: Path, *, title: str = "") -> None:
-    """``curves.png``: loss (train, val) on the left as in the seed, top-1/top-5 on the right."""
+    """``curves.png``: loss (train, val) on the left as in the Keras example, top-1/top-5 on the right."""
     fig, loss_ax, acc_ax = _axes(title)
     _curve(loss_ax, history, "train_loss", "train_loss")
     _curve(loss_ax, history, "val_loss", "val_loss")

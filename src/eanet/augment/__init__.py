@@ -4,17 +4,17 @@
 >>> images, targets = aug(batch_uint8.float(), labels)   # doctest: +SKIP
 
 Images go in and come out as float ``(B, 3, H, W)`` in the *raw 0-255 pixel scale*: the models
-normalise internally with their own mean/std buffers. That is equivalent to the seed's
+normalise internally with their own mean/std buffers. That is equivalent to the Keras example's
 Normalization-then-augment order, because flip, rotation, zoom (reflect fill) and the unclipped
 contrast change all commute with a per-channel affine normalisation (see :mod:`eanet.augment.keras`).
 
 Policies (:func:`list_policies`):
 
 * ``none``: nothing.
-* ``keras``: the seed's flip / rotation 0.1 turn / contrast 0.1 / zoom 0.2, contrast NOT clipped.
+* ``keras``: the Keras example's flip / rotation 0.1 turn / contrast 0.1 / zoom 0.2, contrast NOT clipped.
   Parameters: ``flip``, ``rotation``, ``contrast``, ``zoom``.
 * ``keras-clipped``: the same with Keras 3's clipping of the normalised contrast output to
-  [0, 255] (the bug that collapsed the seed's run); needs ``mean`` and ``std`` (raw scale). Ablations only.
+  [0, 255] (the bug that collapsed the Keras example's run); needs ``mean`` and ``std`` (raw scale). Ablations only.
 * ``flip-crop``: random crop of ``image_size`` after ``padding`` (4) pixels of zero padding, then a
   horizontal flip. Parameters: ``padding``, ``padding_mode``.
 * ``trivialaugment``: flip-crop, then TrivialAugment-Wide per image (``num_magnitude_bins``).

@@ -1,6 +1,6 @@
-"""The seed's augmentation, with its intended meaning, on whole batches of raw 0-255 pixels.
+"""The Keras example's augmentation, with its intended meaning, on whole batches of raw 0-255 pixels.
 
-The seed (Keras example) stacks ``Normalization -> RandomFlip("horizontal") ->
+The Keras example stacks ``Normalization -> RandomFlip("horizontal") ->
 RandomRotation(0.1) -> RandomContrast(0.1) -> RandomZoom(0.2, 0.2)``. Keras semantics, per image:
 
 * flip: left-right with probability 0.5;
@@ -14,14 +14,14 @@ Why it runs here on raw pixels, before the model's own normalisation: the normal
 per-channel affine map ``n(x) = (x - m) / s``. Flip, rotation and zoom resample each channel with
 weights that sum to one (reflect fill adds no constant), so they commute with ``n``; the contrast
 change commutes too, since ``mean(n(x)) = n(mean(x))``. Augmenting raw pixels and normalising
-afterwards therefore gives exactly the seed's tensors, provided the contrast is **not clipped**.
+afterwards therefore gives exactly the Keras example's tensors, provided the contrast is **not clipped**.
 Keras 3 (and TF >= 2.9) clips RandomContrast's output to ``(0, 255)``; placed after
 Normalization, that zeroes every below-average value in training only, and is what collapsed the
-seed's Keras 3 run to 17% test accuracy. ``KerasPolicy`` never clips; ``clip_normalized`` (the
+the Keras example's Keras 3 run to 17% test accuracy. ``KerasPolicy`` never clips; ``clip_normalized`` (the
 ``keras-clipped`` policy) reproduces the bug for ablations only.
 
 Flip and rotation are folded into one resampling (a flip is an exact mirror, so this equals
-flipping then rotating); zoom is a second resampling after the contrast change, in the seed's order.
+flipping then rotating); zoom is a second resampling after the contrast change, in the Keras example's order.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ __all__ = ["KerasPolicy"]
 
 
 class KerasPolicy:
-    """The seed's flip / rotation / contrast / zoom on float ``(B, 3, H, W)`` raw-scale images; never clamps.
+    """The Keras example's flip / rotation / contrast / zoom on float ``(B, 3, H, W)`` raw-scale images; never clamps.
 
     ``rotation``: fraction of a full turn; ``contrast``: factor range; ``zoom``: ``(height, width)``
     factor ranges; set any to 0 (``flip`` to False) to disable it. ``clip_normalized``: optional

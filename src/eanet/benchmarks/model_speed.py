@@ -2,12 +2,12 @@
 
 What one **training step** is: ``zero_grad -> forward -> label-smoothed (0.1) cross-entropy -> backward
 -> AdamW(lr 1e-3, weight decay 1e-4) step``, the model in train mode with its own dropouts, on a fixed
-batch of random uint8 images and labels (the seed's recipe without data loading or augmentation, which
+batch of random uint8 images and labels (the Keras example's recipe without data loading or augmentation, which
 ``eanet.benchmarks.data_path`` measures). **Inference** is a forward pass in eval mode under
 ``torch.inference_mode``. Each is timed after ``warmup`` untimed steps, as ``repeats`` runs of ``steps``
 steps; the figure is the median run.
 
-**FLOP/s** are the model's own: FLOPs of the architecture as the seed defines it (counted once by
+**FLOP/s** are the model's own: FLOPs of the architecture as the Keras example defines it (counted once by
 ``torch.utils.flop_counter`` on the step-by-step layers: matrix products and convolutions, forward
 and backward) times images/second, and their fraction of the machine's matrix-product peak, measured
 here with one large ``size x size`` product in the benchmark's dtype (best of three). Shortcuts of
@@ -212,7 +212,7 @@ def model_flops_per_image(model: torch.nn.Module, *, train: bool, images: torch.
 # the benchmark
 
 def _make_optimizer(model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    """The seed's AdamW (lr 1e-3, weight decay 1e-4), in its fused implementation where available."""
+    """The Keras example's AdamW (lr 1e-3, weight decay 1e-4), in its fused implementation where available."""
     params = [p for p in model.parameters() if p.requires_grad]
     with contextlib.suppress(RuntimeError, TypeError, ValueError):
         return torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4, fused=True)

@@ -1,11 +1,11 @@
 """External attention against self-attention as the number of tokens grows: the linear-cost claim, measured.
 
 ``eanet benchmark --scaling`` times one training step (forward + backward, modules in train mode) of
-this package's two token mixers at the seed's width d = 64, on ``batch_size`` sequences of N tokens:
+this package's two token mixers at the Keras example's width d = 64, on ``batch_size`` sequences of N tokens:
 
-- ``external``: :class:`~eanet.layers.ExternalAttention` as the seed builds it (expansion 4, 16 heads,
+- ``external``: :class:`~eanet.layers.ExternalAttention` as the Keras example builds it (expansion 4, 16 heads,
   S = 16), O(d * S * N) per sequence;
-- ``self``: :class:`~eanet.layers.SelfAttention` as the seed's ViT builds it (4 heads of 64): O(d * N^2)
+- ``self``: :class:`~eanet.layers.SelfAttention` as the Keras example's ViT builds it (4 heads of 64): O(d * N^2)
   time. Up to ``eanet.layers.kernels.SELF_ATTENTION_MAX_TOKENS`` tokens on the CPU in fp32 it runs the fused
   kernel, which holds one N x N map per thread; beyond, ``F.scaled_dot_product_attention``: without dropout
   PyTorch's CPU flash kernel, which never holds the N x N matrix (memory O(N)), with dropout the math path,

@@ -35,7 +35,7 @@ def read_run(run_dir: Path) -> dict:
 
 
 # config fields that say where and how a run ran, not what it trained: runs that differ only in these
-# (and in the seed) are repeats of one setting
+# (and in the random seed) are repeats of one setting
 RUN_ONLY_FIELDS = ("seed", "out", "log", "device", "threads", "data_dir", "checkpoint_seconds", "eval_batch_size")
 
 

@@ -76,10 +76,10 @@ def _check_model_out(out: Path) -> None:
 @click.command("import-keras")
 @click.argument("weights", type=click.Path(path_type=Path))
 @click.option("--model", "model_name", type=click.Choice(["eanet_keras", "vit_keras"]), default="eanet_keras",
-              show_default=True, help="which of the seed's models the weights belong to")
+              show_default=True, help="which of the Keras example's models the weights belong to")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="folder to save the model in")
 def import_keras_cmd(weights: Path, model_name: str, out: Path) -> None:
-    """Import weights saved by the seed's Keras code (.weights.h5 or .keras) into a saved model."""
+    """Import weights saved by the Keras example's Keras code (.weights.h5 or .keras) into a saved model."""
     from eanet.extras import require
     from eanet.hub import save_model
 

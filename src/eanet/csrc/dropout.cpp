@@ -3,7 +3,7 @@
 
 namespace eanet_fused {
 
-// Plain inverted dropout with the same counter-based masks: y = x * mask * scale, recomputable from the seed.
+// Plain inverted dropout with the same counter-based masks: y = x * mask * scale, recomputable from the per-call seed.
 at::Tensor dropout_forward(const at::Tensor& x_, double p, const at::Tensor& seed_t, int64_t stream) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   auto x = x_.contiguous();

@@ -16,7 +16,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ea_backwa
     const at::Tensor& w_out, const at::Tensor& b_out, int64_t heads, double eps_, double p_attn, double p_proj,
     const at::Tensor& seed_t);
 
-// dropout.cpp: y = x * mask / (1 - p), the mask of stream `stream` of the seed
+// dropout.cpp: y = x * mask / (1 - p), the mask of stream `stream` of the random seed `seed_t`
 at::Tensor dropout_forward(const at::Tensor& x_, double p, const at::Tensor& seed_t, int64_t stream);
 
 // mlp.cpp: y = x + drop2(fc2(drop1(gelu(fc1(LayerNorm(x))))))

@@ -68,7 +68,7 @@ def load_dataset(
 ) -> Dataset:
     """Load a dataset into memory, split off validation, and return a :class:`Dataset`.
 
-    ``val_fraction``: the last fraction of the training arrays becomes ``ds.val`` (the seed's
+    ``val_fraction``: the last fraction of the training arrays becomes ``ds.val`` (the Keras example's
     ``validation_split=0.2``); 0 keeps all training images and sets ``ds.val`` to None.
     ``image_size``: images are resized to this square size when they differ.
     ``options``: ``resize`` ("squash" | "crop") for ``imagefolder``; ``num_classes``,

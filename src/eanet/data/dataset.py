@@ -81,7 +81,7 @@ class Dataset:
     def channel_stats(self, *, include_val: bool = True) -> tuple[list[float], list[float]]:
         """Per-channel mean and population variance of the training images (0-255 scale).
 
-        With ``include_val`` (the default) the validation images count too, as in the seed, whose
+        With ``include_val`` (the default) the validation images count too, as in the Keras example, whose
         ``Normalization.adapt(x_train)`` saw all 50,000 training images before ``validation_split``.
         """
         sets = [self.train] + ([self.val] if include_val and self.val is not None else [])
@@ -111,7 +111,7 @@ def channel_stats(*images: torch.Tensor) -> tuple[list[float], list[float]]:
 
 
 def split_validation(full: ImageSet, fraction: float) -> tuple[ImageSet, ImageSet | None]:
-    """The seed's split: the *last* ``fraction`` of the arrays is validation, without shuffling.
+    """The Keras example's split: the *last* ``fraction`` of the arrays is validation, without shuffling.
 
     Same arithmetic as Keras' ``validation_split``: training keeps the first
     ``floor(N * (1 - fraction))`` images. ``fraction == 0`` returns ``(full, None)``.

@@ -5,7 +5,7 @@ converted to RGB (transparent pixels over white) and resized to ``image_size`` s
 squashed (``resize="squash"``, the default: nothing is cut off) or resized on the short side and
 centre-cropped (``resize="crop"``). Class names are the sub-folder names of ``train/``, sorted.
 
-The training images are stored in a fixed pseudo-random order (seed 0), so that the seed's
+The training images are stored in a fixed pseudo-random order (seed 0), so that the Keras example's
 "last fraction is validation" split draws from every class; test images stay sorted.
 Decoded results are cached like CIFAR's, keyed by the md5 of every file and the options.
 """

@@ -30,7 +30,7 @@ def double_normalize(logits: torch.Tensor, *, token_dim: int, eps: float = 1e-9)
     """The paper's double normalisation of ``F M_k^T``.
 
     Softmax over the N tokens (``token_dim``), then division by ``eps + sum over S`` (the last
-    dimension). ``eps`` is the seed's 1e-9: it only guards against an all-zero row.
+    dimension). ``eps`` is the Keras example's 1e-9: it only guards against an all-zero row.
     """
     attn = logits.softmax(dim=token_dim)
     return attn / (eps + attn.sum(dim=-1, keepdim=True))
@@ -43,7 +43,7 @@ class ExternalAttention(nn.Module):
     same layout it was given. Step by step, for tokens ``x`` of shape ``(B, N, d)`` with
     ``d = dim``:
 
-    1. ``x -> Linear(d, e*d)``: expand the channels by ``expansion`` (the seed's ``dim_coefficient``,
+    1. ``x -> Linear(d, e*d)``: expand the channels by ``expansion`` (the Keras example's ``dim_coefficient``,
        e = 4) and split them into ``num_heads`` heads of ``h = e*d / num_heads`` channels.
     2. ``M_k = Linear(h, S)``: one key memory of S units shared by all heads; gives the
        ``(B, N, heads, S)`` logits ``F M_k^T``.
@@ -78,7 +78,7 @@ class ExternalAttention(nn.Module):
         proj_drop: dropout after the output projection (seed: 0.2).
         eps: the L1 normalisation's guard (seed: 1e-9).
         composed: compose the memories with the expansion and projection (``None``: when that
-            takes fewer multiply-adds, as for the seed).
+            takes fewer multiply-adds, as for the Keras example).
     """
 
     def __init__(
@@ -178,7 +178,7 @@ class SelfAttention(nn.Module):
 
     Matches Keras' ``MultiHeadAttention(num_heads, key_dim)`` used on ``(x, x)``: query, key and
     value projections to ``num_heads * head_dim`` channels (``head_dim`` need not be
-    ``dim / num_heads``: the seed uses 4 heads of 64 on a width of 64), softmax of
+    ``dim / num_heads``: the Keras example uses 4 heads of 64 on a width of 64), softmax of
     ``q k^T / sqrt(head_dim)`` over the N keys, dropout on those probabilities, and an output
     projection back to ``dim``. Keras' layer has no dropout after its projection; ``proj_drop``
     defaults to 0 for that reason.

@@ -12,9 +12,9 @@ __all__ = ["Mlp", "DropPath", "Block", "make_mixer"]
 
 
 class Mlp(nn.Module):
-    """``Linear(d, hidden) -> GELU -> Dropout -> Linear(hidden, d) -> Dropout`` (the seed's ``mlp``).
+    """``Linear(d, hidden) -> GELU -> Dropout -> Linear(hidden, d) -> Dropout`` (the Keras example's ``mlp``).
 
-    ``approximate="tanh"`` is Keras' ``ops.gelu`` default and therefore the seed's.
+    ``approximate="tanh"`` is Keras' ``ops.gelu`` default and therefore the Keras example's.
     """
 
     def __init__(self, dim: int, *, hidden_dim: int, drop: float = 0.0, approximate: str = "tanh"):
@@ -60,7 +60,7 @@ class Block(nn.Module):
     """Pre-norm residual block: ``x + mixer(LN(x))`` then ``x + MLP(LN(x))``.
 
     ``mixer_kwargs`` go to :class:`ExternalAttention` or :class:`SelfAttention`. ``drop_path`` is
-    stochastic depth on both residual branches (0 in the seed). On CPU fp32 the second branch,
+    stochastic depth on both residual branches (0 in the Keras example). On CPU fp32 the second branch,
     ``x + MLP(LN(x))``, runs as one fused kernel (:func:`eanet.layers.kernels.mlp_branch`: same
     function, chunks of 1,024 tokens kept in cache, activations recomputed in the backward pass).
     """
@@ -95,7 +95,7 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
     def _fusable(self) -> bool:
-        """The second branch may run fused: the seed's layer types, no stochastic depth at work, nobody
+        """The second branch may run fused: the Keras example's layer types, no stochastic depth at work, nobody
         watching the sub-layers (hooks, FLOP counters)."""
         if self.training and self.drop_path.prob > 0.0:
             return False

@@ -12,7 +12,7 @@ __all__ = ["InputNormalize", "PatchEmbed", "ConvStem"]
 
 
 class InputNormalize(nn.Module):
-    """Per-channel ``(x - mean) / std`` on raw 0-255 pixels: the seed's adapted ``Normalization``.
+    """Per-channel ``(x - mean) / std`` on raw 0-255 pixels: the Keras example's adapted ``Normalization``.
 
     ``mean`` and ``std`` are buffers saved with the weights, so a saved model takes raw pixels
     (uint8 or float, ``(B, C, H, W)``). Keras computes ``std = max(sqrt(variance), 1e-7)``;
@@ -40,7 +40,7 @@ class InputNormalize(nn.Module):
 class PatchEmbed(nn.Module):
     """Non-overlapping ``p x p`` patches, each linearly projected to ``dim`` channels.
 
-    The seed extracts patches (``extract_patches``: values ordered row, column, channel) and applies
+    The Keras example extracts patches (``extract_patches``: values ordered row, column, channel) and applies
     ``Dense(dim)``; a ``Conv2d(kernel=stride=p)`` computes exactly that with the kernel laid out
     ``(dim, C, p, p)``. Output: tokens ``(B, N, dim)``, ``N = (H / p) * (W / p)``, row-major.
     """
@@ -53,7 +53,7 @@ class PatchEmbed(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Glorot-uniform as for the seed's ``Dense(C*p*p -> dim)``: fans ``C*p*p`` and ``dim``."""
+        """Glorot-uniform as for the Keras example's ``Dense(C*p*p -> dim)``: fans ``C*p*p`` and ``dim``."""
         fan_in = self.proj.in_channels * self.patch_size**2
         bound = (6.0 / (fan_in + self.proj.out_channels)) ** 0.5
         nn.init.uniform_(self.proj.weight, -bound, bound)
@@ -76,7 +76,7 @@ class ConvStem(nn.Module):
     Each stage with stride 2 halves the resolution, so ``strides=(1, 2, 2)`` turns a 32x32 image
     into 8x8 = 64 tokens whose receptive fields overlap (the compact-transformer recipe).
     ``act``: ``"gelu"`` (exact) or ``"relu"``, about 5x cheaper forward and backward on the CPU in
-    bf16; the stem's activations are most of the model's elementwise work at 32x32 (results/tuning.md,
+    bf16; the stem's activations are most of the model's elementwise work at 32x32 (docs/tuning.md,
     session 10).
     """
 
@@ -98,7 +98,7 @@ class ConvStem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # channels-last (B, H, W, C in memory): oneDNN's convolutions run faster on the CPU (1-17% off a
-        # bf16 training step of cifar100-fast, results/tuning.md), and the (B, N, d) tokens need no copy
+        # bf16 training step of cifar100-fast, docs/tuning.md), and the (B, N, d) tokens need no copy
         x = x.contiguous(memory_format=torch.channels_last)
         return self.body(x).flatten(2).transpose(1, 2)
 

@@ -7,9 +7,9 @@ Read top to bottom, the forward pass is the Keras example's ``get_model``:
       -> PatchEmbed              2x2 patches -> N = 256 tokens of d = 64 channels
          (+ learned position embedding, N x d)
       -> depth x Block           pre-norm: x + mixer(LN(x)), x + MLP(LN(x))
-      -> [LayerNorm]             not in the seed (``final_norm=False``)
+      -> [LayerNorm]             not in the Keras example (``final_norm=False``)
       -> mean over the N tokens  GlobalAveragePooling1D
-      -> Linear(d, classes)      logits (the seed's softmax is left to the loss / the caller)
+      -> Linear(d, classes)      logits (the Keras example's softmax is left to the loss / the caller)
 
 ``attention="external"`` gives EANet, ``attention="self"`` the ViT baseline "under the same
 conditions". Every constructor argument is JSON data: it is what ``config.json`` holds, and
@@ -49,29 +49,29 @@ class EANet(
 ):
     """Patch (or conv) tokenizer, ``depth`` pre-norm blocks of external or self-attention, pooled head.
 
-    Args (keyword only; the defaults are the seed's EANet, ``eanet_keras``):
+    Args (keyword only; the defaults are the Keras example's EANet, ``eanet_keras``):
         num_classes: classes of the linear head.
         img_size, in_chans: input resolution and channels.
-        stem: ``"patch"`` (non-overlapping ``patch_size`` patches, the seed) or ``"conv"``
+        stem: ``"patch"`` (non-overlapping ``patch_size`` patches, the Keras example) or ``"conv"``
             (a :class:`~eanet.layers.ConvStem` with ``stem_channels``, ``stem_strides`` and the
             activation ``stem_act``, ``"gelu"`` or ``"relu"``).
         embed_dim: token width d.
         depth: number of blocks.
         attention: ``"external"`` (EANet) or ``"self"`` (ViT).
-        num_heads: heads of the mixer (external: the seed's 4 x dim_coefficient = 16; self: 4).
-        expansion: external attention's channel expansion (the seed's ``dim_coefficient``).
+        num_heads: heads of the mixer (external: the Keras example's 4 x dim_coefficient = 16; self: 4).
+        expansion: external attention's channel expansion (the Keras example's ``dim_coefficient``).
         memory_size: external attention's S (seed 16, official EANet 64).
         memory_bias: bias on the memories M_k and M_v.
         head_dim: self-attention's per-head width (seed: key_dim 64).
         mlp_dim: hidden width of the MLP.
-        attn_drop, proj_drop, mlp_drop: the seed's dropouts (0.2 each; the seed's self-attention
+        attn_drop, proj_drop, mlp_drop: the Keras example's dropouts (0.2 each; the Keras example's self-attention
             has no projection dropout).
         drop_path: stochastic depth rate of the last block (linear from 0 over the blocks).
-        pos_embed: learned position embedding (the seed's ``Embedding(N, d)``).
-        final_norm: LayerNorm before pooling (absent in the seed).
+        pos_embed: learned position embedding (the Keras example's ``Embedding(N, d)``).
+        final_norm: LayerNorm before pooling (absent in the Keras example).
         head_drop: dropout before the head.
         norm_eps: LayerNorm epsilon (seed 1e-5).
-        act_approximate: GELU approximation, ``"tanh"`` (Keras' default, the seed) or ``"none"``.
+        act_approximate: GELU approximation, ``"tanh"`` (Keras' default, the Keras example) or ``"none"``.
         input_mean, input_std: per-channel input normalisation on the 0-255 scale.
         class_names: optional list of class names, saved in ``config.json`` for prediction.
     """
@@ -164,7 +164,7 @@ class EANet(
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Initialise as the seed's Keras layers are: Glorot-uniform kernels with zero biases, the
+        """Initialise as the Keras example's Keras layers are: Glorot-uniform kernels with zero biases, the
         position embedding uniform in +-0.05 (Keras' ``Embedding``)."""
         for m in self.modules():
             if isinstance(m, nn.Linear):

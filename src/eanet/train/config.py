@@ -29,7 +29,7 @@ class TrainConfig:
     model_args: dict = field(default_factory=dict)  # overrides of the registered variant
     dataset: str = "cifar100"
     data_dir: str | None = None
-    val_fraction: float = 0.2  # the seed's validation_split: the LAST 20% of the training arrays
+    val_fraction: float = 0.2  # the Keras example's validation_split: the LAST 20% of the training arrays
     # how long
     epochs: int | None = 50  # None: as many as the time budget allows (requires time_budget)
     max_steps: int | None = None  # stop after this many optimizer steps (for smoke tests)

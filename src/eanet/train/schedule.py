@@ -11,7 +11,7 @@ def learning_rate(step: int, *, base_lr: float, total_steps: int, schedule: str 
                   warmup_steps: int = 0, min_lr: float = 0.0) -> float:
     """The learning rate for optimizer step ``step`` (0-based).
 
-    ``constant``: ``base_lr`` after an optional linear warmup (the seed: no warmup).
+    ``constant``: ``base_lr`` after an optional linear warmup (the Keras example: no warmup).
     ``cosine``: linear warmup over ``warmup_steps``, then cosine decay from ``base_lr`` to ``min_lr``
     at ``total_steps``.
     """

@@ -43,7 +43,7 @@ def use_kernels(x: torch.Tensor) -> bool:
 def counting_flops() -> bool:
     """True inside ``torch.utils.flop_counter.FlopCounterMode``: layers then take their step-by-step
     path, so counts (``eanet.models.inspect.count_macs``, the benchmark's FLOP/s) are those of the
-    architecture as the paper and the seed define it, not of this implementation's shortcuts."""
+    architecture as the paper and the Keras example define it, not of this implementation's shortcuts."""
     if torch.compiler.is_compiling():
         return False
     from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
