@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from eanet.fileio import atomic_write  # noqa: E402
 
-__all__ = ["plot_curves", "plot_comparison"]
+__all__ = ["plot_attention", "plot_comparison", "plot_curves"]
 
 
 def _axes(title: str):
@@ -64,3 +64,53 @@ def plot_comparison(histories: Mapping[str, Sequence[Mapping]], path: Path, *, t
         _curve(acc_ax, rows, "val_top1", f"{name} val top-1", color=color)
         _curve(acc_ax, rows, "val_top5", f"{name} val top-5", color=color, linestyle="--")
     _save(fig, path)
+
+
+def plot_attention(image, maps, path: Path, *, title: str = "", blocks: Sequence[int] | None = None,
+                   top: int = 3) -> None:
+    """One image's attention maps (:meth:`eanet.models.EANet.attention_maps`) overlaid on it, one row per block.
+
+    ``image``: ``(H, W, 3)`` uint8; ``maps``: per block a ``(heads, U, H', W')`` array. Each row shows the
+    image, the block's mean map (over heads and units), and the ``top`` maps carrying the most attention
+    mass (summed over the grid), each upsampled to the image and scaled to its own range.
+    """
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    blocks = list(range(len(maps))) if blocks is None else list(blocks)
+    height, width = image.shape[:2]
+
+    def upsampled(grid):
+        t = torch.as_tensor(np.asarray(grid, dtype=np.float32))[None, None]
+        up = F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
+        span = up.max() - up.min()
+        return (up - up.min()) / span if span > 0 else np.zeros_like(up)
+
+    columns = 2 + top
+    fig, axes = plt.subplots(len(blocks), columns, figsize=(1.9 * columns, 2.0 * len(blocks) + 0.6), squeeze=False)
+    fig.suptitle(title, fontsize=12)
+    for row, b in enumerate(blocks):
+        heads, units = maps[b].shape[:2]
+        flat = np.asarray(maps[b]).reshape(heads * units, *maps[b].shape[2:])
+        mass = flat.sum(axis=(1, 2))
+        order = np.argsort(-mass)[:top]
+        panels = [(None, "image"), (flat.mean(axis=0), "mean")] + [
+            (flat[i], f"head {i // units}" + (f", unit {i % units}" if units > 1 else "")) for i in order]
+        for col, ax in enumerate(axes[row]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col >= len(panels):
+                ax.axis("off")
+                continue
+            grid, label = panels[col]
+            ax.imshow(image)
+            if grid is not None:
+                ax.imshow(upsampled(grid), cmap="jet", alpha=0.5)
+            ax.set_title(label, fontsize=8)
+        axes[row][0].set_ylabel(f"block {b + 1}", fontsize=9)
+    fig.tight_layout()
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)

@@ -25,6 +25,7 @@ COMMANDS = {
     "train": ("eanet.cli.train", "train_cmd"),
     "evaluate": ("eanet.cli.evaluate", "evaluate_cmd"),
     "predict": ("eanet.cli.predict", "predict_cmd"),
+    "attention": ("eanet.cli.attention", "attention_cmd"),
     "compare": ("eanet.cli.compare", "compare_cmd"),
     "export": ("eanet.cli.export", "export_cmd"),
     "benchmark": ("eanet.cli.benchmark", "benchmark_cmd"),

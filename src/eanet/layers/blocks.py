@@ -84,7 +84,13 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, hidden_dim=mlp_dim, drop=mlp_drop, approximate=act_approximate)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *, return_attention: bool = False):
+        """Tokens ``(B, N, d)`` in and out; with ``return_attention=True`` also the mixer's attention (its
+        reference forward's: :meth:`ExternalAttention.forward`, :meth:`SelfAttention.forward`)."""
+        if return_attention:
+            mixed, attn = self.mixer(self.norm1(x), return_attention=True)
+            x = x + self.drop_path(mixed)
+            return x + self.drop_path(self.mlp(self.norm2(x))), attn
         x = x + self.drop_path(self.mixer(self.norm1(x)))
         if self._fusable():  # the same branch in one CPU kernel (eanet.layers.kernels.mlp_branch)
             drop = self.mlp.drop1.p if self.training else 0.0

@@ -192,6 +192,39 @@ class EANet(
             x = x + self.position_embedding(height, width)
         return self.norm(self.blocks(x))
 
+    @torch.no_grad()
+    def attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """What each block's token mixer attends to, on the token grid, for raw pixels ``x`` ``(B, C, H, W)``.
+
+        One tensor per block, ``(B, heads, U, H', W')`` with ``(H', W')`` the token grid:
+
+        - external attention: ``U = S``, each memory unit's weights over the tokens after the double
+          normalisation (the paper's ``A = Norm(F M_k^T)``: a softmax over the N tokens, then L1 over the
+          S units of each head, so at every token the S weights of a head sum to 1);
+        - self-attention: ``U = 1``, each head's softmax map averaged over the queries: how much
+          attention each token *receives*, on average (each map sums to 1 over the grid).
+
+        Computed by the layers' reference forward (the fused kernels never form these maps), in eval
+        mode without dropout; the model's own mode is restored afterwards.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            rows, cols = self.stem.output_size(*x.shape[-2:])
+            tokens = self.stem(self.normalize(x))
+            if self.pos_embed is not None:
+                tokens = tokens + self.position_embedding(*x.shape[-2:])
+            maps = []
+            for block in self.blocks:
+                tokens, attn = block(tokens, return_attention=True)
+                # external: (B, N, heads, S) -> (B, heads, S, N); self: (B, heads, N queries, N keys) -> mean
+                # over the queries -> (B, heads, 1, N)
+                attn = attn.permute(0, 2, 3, 1) if self.attention == "external" else attn.mean(dim=2).unsqueeze(2)
+                maps.append(attn.reshape(*attn.shape[:3], rows, cols))
+            return maps
+        finally:
+            self.train(was_training)
+
     def position_embedding(self, height: int, width: int) -> torch.Tensor:
         """The ``(1, N, d)`` position embedding for a ``height x width`` input: the learned one at the
         training size, bilinearly resized to the token grid at any other (progressive resizing trains
