@@ -9,7 +9,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	# torch first and pinned: the local CPU wheel; never let pip resolve it freely.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,onnx,keras]'
+	$(PY) -m pip install -q -e '.[test,onnx,keras,demo]'
 	touch $(STAMP)
 
 lint: $(STAMP)

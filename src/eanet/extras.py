@@ -10,7 +10,7 @@ from eanet.errors import EanetError
 __all__ = ["EXTRAS", "require"]
 
 # extra -> the modules it installs (pyproject.toml's [project.optional-dependencies])
-EXTRAS = {"onnx": ("onnx", "onnxscript", "onnxruntime"), "keras": ("h5py",)}
+EXTRAS = {"onnx": ("onnx", "onnxscript", "onnxruntime"), "keras": ("h5py",), "demo": ("gradio", "gradio_client")}
 
 
 def require(module: str, *, extra: str, what: str) -> ModuleType:

@@ -12,6 +12,7 @@ finite values). Every problem is one :class:`~eanet.errors.EanetError` line.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -22,10 +23,38 @@ from eanet.fileio import atomic_write_text
 from eanet.models import EANet, model_spec
 from eanet.models.registry import check_model_args, identify_variant, set_variant
 
-__all__ = ["ARCHITECTURES", "check_finite", "load_model", "read_config", "save_model", "write_model_card"]
+__all__ = ["ARCHITECTURES", "check_finite", "load_model", "read_config", "resolve_model", "save_model",
+           "write_model_card"]
 
 ARCHITECTURES = {"EANet": EANet}
 PAPER = "https://arxiv.org/abs/2105.02358"
+
+
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # user/name, as the Hub writes repository ids
+DOWNLOADED = ["config.json", "model.safetensors", "README.md", "config.yaml"]
+
+
+def resolve_model(name: str | Path, *, revision: str | None = None) -> Path:
+    """A local folder as it is, or a Hub repository id (``user/name``) downloaded through the Hugging Face
+    cache (``HF_HUB_OFFLINE=1`` uses the cache alone). ``user/name`` is a local path when ``user/`` is a
+    local folder. Errors are one :class:`EanetError` line."""
+    path = Path(name)
+    # a local path: it exists, it cannot be a repository id, or its first part is a local folder (a typo in
+    # runs/NAME must not become a download)
+    if path.exists() or not REPO_ID.match(str(name)) or Path(str(name).split("/")[0]).is_dir():
+        if revision is not None:
+            raise EanetError(f"--revision applies to a Hub repository id, and {name} is a local path")
+        return path
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(str(name), revision=revision, allow_patterns=DOWNLOADED))
+    except LocalEntryNotFoundError:
+        raise EanetError(f"{name} is neither a local folder nor in the Hugging Face cache, and the Hub cannot "
+                         "be reached (HF_HUB_OFFLINE, or no network)") from None
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise EanetError(f"cannot download {name} from the Hub: {one_line(exc)}") from None
 
 
 def read_config(model_dir: str | Path) -> dict:
@@ -60,10 +89,12 @@ def check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
             raise EanetError(f"{where}: {name} holds non-finite values (NaN or infinity)")
 
 
-def load_model(model_dir: str | Path, *, map_location: str = "cpu") -> nn.Module:
-    """Load a model saved by :func:`save_model`, ``save_pretrained`` or ``eanet train``, in eval mode."""
+def load_model(model_dir: str | Path, *, map_location: str = "cpu", revision: str | None = None) -> nn.Module:
+    """Load a model saved by :func:`save_model`, ``save_pretrained`` or ``eanet train``, in eval mode: a
+    local folder, or a Hub repository id such as ``"user/eanet-cifar100"`` (:func:`resolve_model`)."""
     from safetensors import safe_open
 
+    model_dir = resolve_model(model_dir, revision=revision)
     config = read_config(model_dir)
     where = str(Path(model_dir) / "config.json")
     architecture, variant = config.pop("architecture", "EANet"), config.pop("variant", None)

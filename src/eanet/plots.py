@@ -71,8 +71,10 @@ def plot_attention(image, maps, path: Path, *, title: str = "", blocks: Sequence
     """One image's attention maps (:meth:`eanet.models.EANet.attention_maps`) overlaid on it, one row per block.
 
     ``image``: ``(H, W, 3)`` uint8; ``maps``: per block a ``(heads, U, H', W')`` array. Each row shows the
-    image, the block's mean map (over heads and units), and the ``top`` maps carrying the most attention
-    mass (summed over the grid), each upsampled to the image and scaled to its own range.
+    image, the block's mean map, and the ``top`` maps carrying the most attention mass (summed over the
+    grid), each upsampled to the image and scaled to its own range. The mean is taken over every unit's map
+    normalised to a distribution over the grid: external attention's raw weights sum to 1 over the units
+    at every token, so their plain mean would be flat.
     """
     import numpy as np
     import torch
@@ -85,7 +87,7 @@ def plot_attention(image, maps, path: Path, *, title: str = "", blocks: Sequence
         t = torch.as_tensor(np.asarray(grid, dtype=np.float32))[None, None]
         up = F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
         span = up.max() - up.min()
-        return (up - up.min()) / span if span > 0 else np.zeros_like(up)
+        return (up - up.min()) / span if span > 1e-6 * max(abs(up.max()), 1e-12) else np.zeros_like(up)
 
     columns = 2 + top
     fig, axes = plt.subplots(len(blocks), columns, figsize=(1.9 * columns, 2.0 * len(blocks) + 0.6), squeeze=False)
@@ -95,7 +97,8 @@ def plot_attention(image, maps, path: Path, *, title: str = "", blocks: Sequence
         flat = np.asarray(maps[b]).reshape(heads * units, *maps[b].shape[2:])
         mass = flat.sum(axis=(1, 2))
         order = np.argsort(-mass)[:top]
-        panels = [(None, "image"), (flat.mean(axis=0), "mean")] + [
+        distributions = flat / np.maximum(flat.sum(axis=(1, 2), keepdims=True), 1e-12)
+        panels = [(None, "image"), (distributions.mean(axis=0), "mean of all")] + [
             (flat[i], f"head {i // units}" + (f", unit {i % units}" if units > 1 else "")) for i in order]
         for col, ax in enumerate(axes[row]):
             ax.set_xticks([])

@@ -26,6 +26,8 @@ COMMANDS = {
     "evaluate": ("eanet.cli.evaluate", "evaluate_cmd"),
     "predict": ("eanet.cli.predict", "predict_cmd"),
     "attention": ("eanet.cli.attention", "attention_cmd"),
+    "push": ("eanet.cli.push", "push_cmd"),
+    "serve": ("eanet.cli.serve", "serve_cmd"),
     "compare": ("eanet.cli.compare", "compare_cmd"),
     "export": ("eanet.cli.export", "export_cmd"),
     "benchmark": ("eanet.cli.benchmark", "benchmark_cmd"),

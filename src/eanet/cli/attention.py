@@ -24,13 +24,15 @@ def _blocks(spec: str | None, depth: int) -> list[int] | None:
 
 
 @click.command("attention")
-@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("model_dir")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="folder for the PNGs")
 @click.option("--blocks", help="block numbers to show, e.g. 1,4,8 (default: all)")
 @click.option("--top", type=click.IntRange(min=0, max=16), default=3, show_default=True,
               help="memory units (or heads) carrying the most attention to show per block")
-def attention_cmd(model_dir: Path, images: tuple[Path, ...], out: Path, blocks: str | None, top: int) -> None:
+@click.option("--revision", help="with a Hub repository id: the branch, tag or commit")
+def attention_cmd(model_dir: str, images: tuple[Path, ...], out: Path, blocks: str | None, top: int,
+                  revision: str | None) -> None:
     """Overlay each block's attention maps on IMAGE: the mean map and the TOP units with the most mass.
 
     One PNG per image, OUT/<image name>-attention.png, titled with the predicted class. For external
@@ -43,7 +45,7 @@ def attention_cmd(model_dir: Path, images: tuple[Path, ...], out: Path, blocks: 
     from eanet.plots import plot_attention
     from eanet.predict import class_names, load_image
 
-    model = load_model(model_dir)
+    model = load_model(model_dir, revision=revision)
     chosen = _blocks(blocks, len(model.blocks))
     targets = [out / f"{path.stem}-attention.png" for path in images]
     if len(set(targets)) != len(targets):

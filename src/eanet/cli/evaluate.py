@@ -46,7 +46,7 @@ def evaluate_dir(path: Path, *, split: str = "test", dataset: str | None = None,
 
 
 @click.command("evaluate")
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path")
 @click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True)
 @click.option("--dataset", help="dataset (default: the run's, else cifar100)")
 @click.option("--data-dir", help="where the dataset is")
@@ -57,10 +57,14 @@ def evaluate_dir(path: Path, *, split: str = "test", dataset: str | None = None,
               help="test-time augmentation (default: the run's)")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
-def evaluate_cmd(path, split, dataset, data_dir, label_smoothing, batch_size, tta, device, as_json) -> None:
-    """Evaluate a run folder or saved model: loss, top-1, top-5, and top-1 per coarse class."""
-    result = evaluate_dir(path, split=split, dataset=dataset, data_dir=data_dir, label_smoothing=label_smoothing,
-                          batch_size=batch_size, device=device, tta=tta)
+@click.option("--revision", help="with a Hub repository id: the branch, tag or commit")
+def evaluate_cmd(path, split, dataset, data_dir, label_smoothing, batch_size, tta, device, as_json, revision) -> None:
+    """Evaluate a run folder, saved model or Hub repository (user/name): loss, top-1, top-5, top-1 per coarse
+    class."""
+    from eanet.hub import resolve_model
+
+    result = evaluate_dir(resolve_model(path, revision=revision), split=split, dataset=dataset, data_dir=data_dir,
+                          label_smoothing=label_smoothing, batch_size=batch_size, device=device, tta=tta)
     if as_json:
         click.echo(json.dumps(result))
         return

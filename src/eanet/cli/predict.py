@@ -11,14 +11,16 @@ from eanet.hub import load_model
 
 
 @click.command("predict")
-@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("model_dir")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--top-k", "-k", type=click.IntRange(min=1), default=5, show_default=True,
               help="how many classes to show per image")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON list (path, label, index, probability)")
+@click.option("--revision", help="with a Hub repository id: the branch, tag or commit")
 @click.pass_context
-def predict_cmd(ctx: click.Context, model_dir: Path, images: tuple[Path, ...], top_k: int, as_json: bool) -> None:
-    """Classify IMAGE files with the model saved in MODEL_DIR.
+def predict_cmd(ctx: click.Context, model_dir: str, images: tuple[Path, ...], top_k: int, as_json: bool,
+                revision: str | None) -> None:
+    """Classify IMAGE files with the model saved in MODEL_DIR (a folder, or a Hub repository id user/name).
 
     Any image Pillow reads works: it is converted to RGB (transparency composited on white, 16-bit
     rescaled) and the whole image is resized to the model's input size with antialiased bicubic
@@ -27,7 +29,7 @@ def predict_cmd(ctx: click.Context, model_dir: Path, images: tuple[Path, ...], t
     """
     from eanet.predict import predict_images
 
-    model = load_model(model_dir)
+    model = load_model(model_dir, revision=revision)
     results = predict_images(model, images, top_k=top_k)
     if as_json:
         for result in results:
