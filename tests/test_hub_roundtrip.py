@@ -123,3 +123,22 @@ def test_a_repository_id_works_offline_from_the_cache(run, tmp_path):
     missing = eanet("predict", "me/not-cached", str(image))
     assert missing.returncode == 1 and len(missing.stderr.strip().splitlines()) == 1
     assert "neither a local folder nor in the Hugging Face cache" in missing.stderr
+
+
+def test_a_space_push_adds_the_app_and_the_front_matter(run, capsys, monkeypatch):
+    import huggingface_hub
+    import yaml
+
+    main(["push", str(run), "--repo-id", "me/eanet-demo", "--space", "--dry-run"])
+    listed = {line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]}
+    assert {"app.py", "requirements.txt"} <= listed and listed >= EXPECTED
+    FakeApi.calls = []
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_test")
+    main(["push", str(run), "--repo-id", "me/eanet-demo", "--space"])
+    (_, _, repo_args), (_, _, commit) = FakeApi.calls
+    assert repo_args["repo_type"] == "space" and repo_args["space_sdk"] == "gradio"
+    front = yaml.safe_load(commit["files"]["README.md"].decode().split("---")[1])
+    assert front["sdk"] == "gradio" and front["app_file"] == "app.py" and front["model-index"]
+    assert b"eanet.load_model(\".\")" in commit["files"]["app.py"]
+    compile(commit["files"]["app.py"], "app.py", "exec")

@@ -67,14 +67,17 @@ def build_app(model: nn.Module, *, info: str = "", examples: list[str] | None = 
     def run(image_path):
         try:
             return classify(model, image_path)
-        except EanetError as exc:
-            raise gr.Error(str(exc)) from None
+        except EanetError as exc:  # said with the uploaded file's name, not the server's copy of it
+            message = str(exc).replace(str(image_path), Path(image_path).name) if image_path else str(exc)
+            raise gr.Error(message) from None
 
     with gr.Blocks(title="eanet: external attention") as app:
         gr.Markdown("# External attention image classifier\n" + info)
         with gr.Row():
             with gr.Column():
-                image = gr.Image(type="filepath", label="image")
+                # a plain file input: every upload reaches eanet's own decoder, so a file that is not an image
+                # gets eanet's one-line message instead of a preprocessing error
+                image = gr.File(type="filepath", label="image (any format Pillow reads)")
                 button = gr.Button("Classify", variant="primary")
                 if examples:
                     gr.Examples(examples=[[e] for e in examples], inputs=[image])
