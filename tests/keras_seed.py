@@ -109,7 +109,7 @@ def _block(x, attention_type):
 
 
 def build_model(attention_type: str, adapt_on: np.ndarray) -> keras.Model:
-    """The seed's model: ``"external_attention"`` (EANet) or ``"self_attention"`` (ViT)."""
+    """The Keras example's model: ``"external_attention"`` (EANet) or ``"self_attention"`` (ViT)."""
     inputs = layers.Input(shape=IMAGE_SHAPE)
     x = augmentation(adapt_on)(inputs)
     x = PatchEmbedding(NUM_PATCHES, WIDTH)(PatchExtract(PATCH)(x))

@@ -1,4 +1,4 @@
-"""Augmentation: the seed's policy with Keras' semantics (unclipped), crops, TrivialAugment/RandAugment ops
+"""Augmentation: the Keras example's policy with Keras' semantics (unclipped), crops, TrivialAugment/RandAugment ops
 against PIL, mixup/cutmix targets, random erasing, determinism, and the data path's throughput."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def test_every_policy_keeps_shape_dtype_and_labels(policy):
     out, targets = build_augmentation(policy)(x, labels)
     assert out.shape == x.shape and out.dtype == torch.float32
     assert targets is labels
-    if policy != "keras":  # only the seed's policy may leave [0, 255] (unclipped contrast)
+    if policy != "keras":  # only the Keras example's policy may leave [0, 255] (unclipped contrast)
         assert out.min() >= 0 and out.max() <= 255
     if policy != "none":
         assert not torch.equal(out, x)
@@ -88,11 +88,11 @@ def test_flip_crop_flips_about_half():
     assert 70 < sum(flipped) < 130
 
 
-# ---- the seed's policy -----------------------------------------------------------------------------
+# ---- the Keras example's policy -----------------------------------------------------------------------------
 
 
 def test_keras_parameter_ranges(monkeypatch):
-    """Rotation within +-0.1 turn, independent zoom factors in [0.8, 1.2], flips about half, in the seed's order."""
+    """Rotation within +-0.1 turn, independent zoom factors in [0.8, 1.2], flips about half, in the example's order."""
     calls = []
     real_warp = keras.warp
 
@@ -131,7 +131,7 @@ def test_keras_contrast_is_per_image_per_channel_and_not_clipped():
 
 
 def test_keras_policy_commutes_with_normalisation():
-    """Augment raw pixels then normalise == normalise then augment (the seed's order), same random draws."""
+    """Augment raw pixels then normalise == normalise then augment (the Keras example's order), same random draws."""
     x = _images(16)
     mean = torch.tensor([129.3, 124.1, 112.4]).reshape(1, 3, 1, 1)
     std = torch.tensor([68.2, 65.4, 70.4]).reshape(1, 3, 1, 1)

@@ -1,7 +1,7 @@
 """``eanet benchmark`` (model speed and --scaling) and the fast paths it measures.
 
 Speed targets are not asserted here: only that the benchmark reports what it promises, and that the fast
-layers still compute the seed's function.
+layers still compute the Keras example's function.
 """
 
 import json
@@ -39,7 +39,7 @@ def test_benchmark_json_has_positive_throughputs(capsys):
     assert 0 < result["train_fraction_of_peak"] < 10
     assert result["train_peak_memory_bytes"] > 0  # activations of a batch of 8 at least
     assert result["model"] == "eanet_keras" and result["batch_size"] == 8 and result["dtype"] == "fp32"
-    # the counted FLOPs are the seed's architecture: 3 x forward for a training step
+    # the counted FLOPs are the Keras example's architecture: 3 x forward for a training step
     assert result["train_flops_per_image"] == pytest.approx(3 * result["inference_flops_per_image"], rel=0.01)
 
 
@@ -140,7 +140,7 @@ def test_peak_memory_sees_a_known_allocation():
     assert 4_000_000 <= peak_memory_bytes(fn, torch.device("cpu")) < 8_000_000
 
 
-# --- the fast paths compute the seed's function ---------------------------------------------------------------
+# --- the fast paths compute the Keras example's function -------------------------------------------------------------
 
 needs_kernels = pytest.mark.skipif(not fused_mod.fused_kernels_available(), reason="fused CPU kernels unavailable")
 

@@ -1,4 +1,4 @@
-"""``import_keras``: weights saved by the seed's Keras 3 code give the same predictions in PyTorch."""
+"""``import_keras``: weights saved by the Keras example's Keras 3 code give the same predictions in PyTorch."""
 
 import os
 

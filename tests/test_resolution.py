@@ -10,8 +10,9 @@ from trainhelp import TINY
 import eanet
 from eanet import create_model
 from eanet.cli import main
+from eanet.train.budget import fit_steps_to_budget
 from eanet.train.checkpoint import load_checkpoint
-from eanet.train.resolution import ResolutionSchedule, fit_steps_to_budget, time_forward_backward
+from eanet.train.resolution import ResolutionSchedule, time_forward_backward
 
 PHASES = [[0.0, 16], [0.3, 24], [0.6, 32]]
 

@@ -35,6 +35,7 @@ from torch import nn
 
 from eanet.errors import EanetError
 from eanet.extras import EXTRAS, require
+from eanet.fileio import temp_path
 
 __all__ = ["export_onnx", "export_and_check", "check_onnx", "MIN_OPSET", "MAX_OPSET", "INPUT_NAME", "OUTPUT_NAME"]
 
@@ -151,7 +152,7 @@ def export_and_check(model: nn.Module, path: str | Path, *, opset: int | None = 
     if path.is_dir():
         raise EanetError(f"{path} is a directory: give the .onnx file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_path(path)  # unique, and removed by the next writer if this process is killed
     was_training = model.training
     model.eval()
     try:

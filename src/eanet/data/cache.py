@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import torch
 
 from eanet.data.dataset import ImageSet
 from eanet.data.sources import cache_dir
+from eanet.fileio import atomic_write
 
 __all__ = ["Decoded", "cache_key", "cache_path", "load_cached", "store_cached"]
 
@@ -62,21 +61,11 @@ def store_cached(name: str, key: str, decoded: Decoded) -> Path | None:
     meta = {"key": key, "classes": decoded.classes, "coarse_classes": decoded.coarse_classes}
     arrays = {**_arrays("train", decoded.train), **_arrays("test", decoded.test)}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    tmp: Path | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-        tmp = Path(tmp_name)
-        with os.fdopen(handle, "wb") as out:
-            np.savez(out, **arrays)
-        os.replace(tmp, path)
-        tmp = None
+        atomic_write(path, lambda out: np.savez(out, **arrays))
     except OSError as exc:
         log.warning("could not write the dataset cache %s: %s", path, exc)
         return None
-    finally:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
     return path
 
 

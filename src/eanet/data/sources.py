@@ -27,6 +27,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
 
 from eanet.errors import DataError, one_line
+from eanet.fileio import atomic_write, current_umask
 from eanet.progress import Factory
 from eanet.progress import bar as progress_bar
 
@@ -136,33 +137,27 @@ def download_file(url: str, dest: Path, *, md5: str, progress: Factory | None = 
         raise DataError(f"cannot download {url}: {one_line(getattr(exc, 'reason', exc))}") from None
     except (OSError, ValueError, http.client.HTTPException) as exc:
         raise DataError(f"cannot download {url}: {one_line(exc)}") from None
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    except OSError as exc:
-        response.close()
-        raise DataError(f"cannot write to {dest.parent}: {exc.strerror or one_line(exc)}") from None
-    tmp = Path(tmp_name)
     digest = hashlib.md5(usedforsecurity=False)
-    try:
-        with os.fdopen(handle, "wb") as out, response:
-            length = response.headers.get("Content-Length")
-            with progress_bar(progress, desc=f"downloading {dest.name}", total=int(length) if length else None,
-                              unit="B", unit_scale=True, unit_divisor=1024) as bar:
-                while chunk := response.read(CHUNK):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
+
+    def write(out) -> None:  # streams into eanet's atomic write: dest appears only when it all checked out
+        length = response.headers.get("Content-Length")
+        with progress_bar(progress, desc=f"downloading {dest.name}", total=int(length) if length else None,
+                          unit="B", unit_scale=True, unit_divisor=1024) as bar:
+            while chunk := response.read(CHUNK):
+                out.write(chunk)
+                digest.update(chunk)
+                bar.update(len(chunk))
         if digest.hexdigest() != md5:
             raise DataError(
                 f"download of {url} failed verification (md5 {digest.hexdigest()}, expected {md5}); "
                 "it was corrupted or interrupted, try again"
             )
-        os.replace(tmp, dest)
+
+    try:
+        with response:
+            atomic_write(dest, write)
     except (OSError, ValueError, http.client.HTTPException) as exc:
         raise DataError(f"download of {url} failed: {one_line(exc)}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
 
 
@@ -178,6 +173,7 @@ def safe_extract(archive: Path, dest_dir: Path, *, top: str, members: Mapping[st
     target = dest_dir / top
     try:
         tmp_root = Path(tempfile.mkdtemp(prefix=f".{top}.", suffix=".tmp", dir=dest_dir))
+        tmp_root.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 would outlive the rename
     except OSError as exc:
         raise DataError(f"cannot write to {dest_dir}: {exc.strerror or one_line(exc)}") from None
     try:

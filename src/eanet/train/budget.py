@@ -20,13 +20,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from eanet.train.resolution import ResolutionSchedule, fit_steps_to_budget
+from eanet.train.resolution import ResolutionSchedule
 
-__all__ = ["CALIBRATION_STEPS", "STOP_FRACTION", "TimeBudget", "WARMUP_STEPS"]
+__all__ = ["CALIBRATION_STEPS", "STOP_FRACTION", "TimeBudget", "WARMUP_STEPS", "fit_steps_to_budget"]
 
 WARMUP_STEPS, CALIBRATION_STEPS = 5, 10  # steps skipped, then steps timed, before the first fit
 STOP_FRACTION = 0.97  # the run ends once this share of the budget is spent
 MARGIN_SECONDS = 5.0  # kept free for saving the model and writing the card
+
+
+def fit_steps_to_budget(seconds_left: float, first: int, seconds_for: Callable[[int], float],
+                        max_steps: int | None = None) -> int:
+    """The largest total step count ``T > first`` whose steps ``[first, T)`` are predicted
+    (``seconds_for(T)``) to fit in ``seconds_left``; at least ``first + 1``."""
+    lo, hi = first + 1, first + 2
+    while seconds_for(hi) <= seconds_left and hi < 10**9:
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1:  # seconds_for(lo) fits (or lo is the floor), seconds_for(hi) does not
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if seconds_for(mid) <= seconds_left else (lo, mid)
+    return max(min(lo, max_steps), first + 1) if max_steps else lo
 
 
 class TimeBudget:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,7 @@ from torch import nn
 
 from eanet.errors import EanetError
 
-__all__ = ["ResolutionSchedule", "resize_batch", "time_forward_backward", "fit_steps_to_budget"]
+__all__ = ["ResolutionSchedule", "resize_batch", "time_forward_backward"]
 
 
 class ResolutionSchedule:
@@ -110,16 +110,3 @@ def time_forward_backward(model: nn.Module, images: torch.Tensor, sizes: Sequenc
         for name, b in model.named_buffers():
             b.copy_(buffers[name])
     return seconds
-
-
-def fit_steps_to_budget(seconds_left: float, first: int, seconds_for: Callable[[int], float],
-                        max_steps: int | None = None) -> int:
-    """The largest total step count ``T > first`` whose steps ``[first, T)`` are predicted
-    (``seconds_for(T)``) to fit in ``seconds_left``; at least ``first + 1``."""
-    lo, hi = first + 1, first + 2
-    while seconds_for(hi) <= seconds_left and hi < 10**9:
-        lo, hi = hi, 2 * hi
-    while hi - lo > 1:  # seconds_for(lo) fits (or lo is the floor), seconds_for(hi) does not
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if seconds_for(mid) <= seconds_left else (lo, mid)
-    return max(min(lo, max_steps), first + 1) if max_steps else lo
