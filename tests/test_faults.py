@@ -15,7 +15,7 @@ import torch
 import yaml
 from fakedata import write_image_folder
 from safetensors.torch import load_file, save_file
-from trainhelp import TINY, env, run_cli
+from trainhelp import TINY, env, finished_run, run_cli
 
 import eanet
 from eanet.cli import main
@@ -44,10 +44,7 @@ def one_line_error(capsys, args, *, code=None) -> str:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """A finished tiny run (its weights, config.json and card) to break copies of."""
-    root = tmp_path_factory.mktemp("finished")
-    result = run_cli(["train", *TINY, "--epochs", "1", "--out", str(root / "run"), "--quiet"], root)
-    assert result.returncode == 0, result.stderr
-    return root / "run"
+    return finished_run(tmp_path_factory.mktemp("finished"))
 
 
 def copy_of(run: Path, dst: Path) -> Path:

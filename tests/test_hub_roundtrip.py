@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from trainhelp import TINY, run_cli
+from trainhelp import finished_run
 
 from eanet.cli import main
 
@@ -19,10 +19,7 @@ EXPECTED = {"README.md", "config.json", "model.safetensors", "metrics.csv", "cur
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hub")
-    result = run_cli(["train", *TINY, "--epochs", "1", "--out", str(root / "run"), "--quiet"], root)
-    assert result.returncode == 0, result.stderr
-    return root / "run"
+    return finished_run(tmp_path_factory.mktemp("hub"))
 
 
 class FakeApi:

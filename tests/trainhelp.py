@@ -28,3 +28,10 @@ def run_cli(args: list[str], tmp_path: Path, **kwargs) -> subprocess.CompletedPr
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run_dir / "model.safetensors"))
+
+
+def finished_run(root: Path) -> Path:
+    """A tiny run trained for one epoch in ``root/run``: weights, config.json, card, metrics and curves."""
+    result = run_cli(["train", *TINY, "--epochs", "1", "--out", str(root / "run"), "--quiet"], root)
+    assert result.returncode == 0, result.stderr
+    return root / "run"

@@ -77,7 +77,7 @@ class ConvStem(nn.Module):
     into 8x8 = 64 tokens whose receptive fields overlap (the compact-transformer recipe).
     ``act``: ``"gelu"`` (exact) or ``"relu"``, about 5x cheaper forward and backward on the CPU in
     bf16; the stem's activations are most of the model's elementwise work at 32x32 (docs/tuning.md,
-    session 10).
+    the A6c-control round).
     """
 
     def __init__(self, *, in_chans: int = 3, dim: int, channels: Sequence[int] = (32, 64, 128),
