@@ -8,10 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from eanet.devices import resolve_device
-
 __all__ = [
-    "DistInfo", "setup_distributed", "pick_device", "all_reduce_sum", "broadcast_from_main", "barrier", "cleanup",
+    "DistInfo", "setup_distributed", "all_reduce_sum", "broadcast_from_main", "barrier", "cleanup",
 ]
 
 
@@ -28,11 +26,6 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def pick_device(requested: str, local_rank: int = 0) -> torch.device:
-    """The training device (:func:`eanet.devices.resolve_device`)."""
-    return resolve_device(requested, local_rank)
 
 
 def setup_distributed(device: torch.device) -> DistInfo:

@@ -26,6 +26,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from eanet.augment import build_augmentation
 from eanet.data import DeviceLoader, load_dataset
+from eanet.devices import resolve_device
 from eanet.errors import EanetError, one_line
 from eanet.evaluate import TTA_VIEWS, describe_tta, evaluate, soft_cross_entropy, topk_correct
 from eanet.hub import save_model, write_model_card
@@ -44,7 +45,6 @@ from eanet.train.distributed import (
     barrier,
     broadcast_from_main,
     cleanup,
-    pick_device,
     setup_distributed,
 )
 from eanet.train.resolution import ResolutionSchedule, resize_batch, time_forward_backward
@@ -109,7 +109,7 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None, command: str = 
     ``report(kind, payload)`` hears about the run's progress, ``progress`` makes the data loading's bars
     (:mod:`eanet.progress`); both only on the main process."""
     cfg.validate()
-    device = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     info = setup_distributed(device)
     folder = RunFolder(resume if resume is not None else (cfg.out or default_run_dir(cfg)))
     quiet: Report = lambda kind, payload: None  # noqa: E731 - only the main process reports
