@@ -180,11 +180,11 @@ def test_fused_kernel_dropout_masks_agree_between_forward_and_backward(batch, to
     logits = (x @ weights[0].t() + weights[1]).view(batch, tokens, heads, size)
     attn = double_normalize(logits, token_dim=1)
     ref = ((attn * mask_attn).reshape(batch, tokens, g_width) @ weights[2].t() + weights[3]) * mask_proj
-    out = ops.ea_forward(x.detach(), *[w.detach() for w in weights], heads, 1e-9, 0.3, 0.2, seed)
+    out = ops.ea_forward(x.detach(), *[w.detach() for w in weights], heads, 1e-9, 0.3, 0.2, seed, 0)
     torch.testing.assert_close(out, ref.detach(), rtol=1e-5, atol=1e-6)
     g = torch.randn_like(ref)
     expected = torch.autograd.grad(ref, [x, weights[0], weights[2], weights[3]], g)
-    got = ops.ea_backward(g, x.detach(), *[w.detach() for w in weights], heads, 1e-9, 0.3, 0.2, seed)
+    got = ops.ea_backward(g, x.detach(), *[w.detach() for w in weights], heads, 1e-9, 0.3, 0.2, seed, 0)
     for a, b in zip((got[0], got[1], got[3], got[4]), expected, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
 
@@ -213,12 +213,12 @@ def test_fused_self_attention_equals_autograd_with_its_own_masks(batch, tokens, 
     q, k, v = qkv.view(batch, tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     logits = (q @ k.transpose(-2, -1)) * scale
     ref = ((logits.softmax(-1) * mask) @ v).transpose(1, 2).reshape(batch, tokens, heads * head_dim)
-    out, lse = ops.sa_forward(qkv.detach(), heads, scale, p, seed)
+    out, lse = ops.sa_forward(qkv.detach(), heads, scale, p, seed, 0)
     torch.testing.assert_close(out, ref.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(lse, logits.logsumexp(-1).detach(), rtol=1e-5, atol=1e-5)
     g = torch.randn_like(ref)
     (expected,) = torch.autograd.grad(ref, qkv, g)
-    got = ops.sa_backward(g, qkv.detach(), out, lse, heads, scale, p, seed)
+    got = ops.sa_backward(g, qkv.detach(), out, lse, heads, scale, p, seed, 0)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
 
 

@@ -1,5 +1,6 @@
 // Shared pieces of eanet's fused CPU kernels: the counter-based dropout masks (splitmix64 streams), vectorised
-// row helpers, and the row-block bookkeeping the external-attention kernel uses.
+// row helpers, the matrix products in either precision, and the row-block bookkeeping the external-attention
+// kernel uses.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -17,6 +18,8 @@
 namespace eanet_fused {
 
 using fVec = at::vec::Vectorized<float>;
+using bf16 = at::BFloat16;
+using bVec = at::vec::Vectorized<bf16>;
 constexpr int64_t kV = fVec::size();
 constexpr uint64_t kGamma = 0x9E3779B97F4A7C15ULL;
 
@@ -60,6 +63,84 @@ inline void drop_mult(const Drop& d, int64_t i0, int64_t n, float* out, std::vec
   for (int64_t e = 0; e < n; ++e) out[e] = static_cast<uint32_t>(bits[e]) < thr ? scale : 0.f;
 }
 
+// ---- Matrix products in the kernels' two precisions ----
+// fp32: at::mm straight into fp32 outputs. bf16 (`precision: bf16`): both operands rounded to bf16 (round to
+// nearest even), the product computed by oneDNN with bf16 dot products and fp32 accumulation, rounded to bf16 on
+// the way out and widened into the same fp32 buffers the fp32 path uses. Everything between the products (softmax,
+// double normalisation, LayerNorm, GELU, dropout) and every gradient accumulator stays fp32, as do the weights the
+// optimizer updates: only the products' operands and results pass through bf16.
+
+inline void to_bf16(const float* s, bf16* d, int64_t n) {
+  int64_t i = 0;
+  for (; i + 2 * kV <= n; i += 2 * kV)
+    at::vec::convert_float_bfloat16(fVec::loadu(s + i), fVec::loadu(s + i + kV)).store(d + i);
+  for (; i < n; ++i) d[i] = static_cast<bf16>(s[i]);
+}
+
+inline void to_f32(const bf16* s, float* d, int64_t n) {
+  int64_t i = 0;
+  for (; i + 2 * kV <= n; i += 2 * kV) {
+    auto ab = at::vec::convert_bfloat16_float(bVec::loadu(s + i));
+    std::get<0>(ab).store(d + i);
+    std::get<1>(ab).store(d + i + kV);
+  }
+  for (; i < n; ++i) d[i] = static_cast<float>(s[i]);
+}
+
+// acc[i] += s[i]
+inline void add_f32(const bf16* s, float* acc, int64_t n) {
+  int64_t i = 0;
+  for (; i + 2 * kV <= n; i += 2 * kV) {
+    auto ab = at::vec::convert_bfloat16_float(bVec::loadu(s + i));
+    (fVec::loadu(acc + i) + std::get<0>(ab)).store(acc + i);
+    (fVec::loadu(acc + i + kV) + std::get<1>(ab)).store(acc + i + kV);
+  }
+  for (; i < n; ++i) acc[i] += static_cast<float>(s[i]);
+}
+
+// The first `rows x cols` elements of a flat scratch tensor as a contiguous matrix.
+inline at::Tensor as_matrix(const at::Tensor& flat, int64_t rows, int64_t cols) {
+  return flat.narrow(0, 0, rows * cols).view({rows, cols});
+}
+
+// A contiguous fp32 matrix as a product operand: itself (fp32), or its bf16 copy in the scratch `buf`.
+inline at::Tensor operand(const at::Tensor& t, bool lowp, const at::Tensor& buf) {
+  if (!lowp) return t;
+  auto o = as_matrix(buf, t.size(0), t.size(1));
+  to_bf16(t.data_ptr<float>(), o.data_ptr<bf16>(), t.numel());
+  return o;
+}
+
+// A whole tensor as a product operand: itself, or a bf16 copy (weights and a kernel's inputs, converted once per call).
+inline at::Tensor operand(const at::Tensor& t, bool lowp) { return lowp ? t.to(at::kBFloat16).contiguous() : t; }
+
+// out (fp32, contiguous) = a @ b in the operands' precision; `prod` is bf16 scratch for a bf16 product.
+inline void mm_f32(at::Tensor out, const at::Tensor& a, const at::Tensor& b, const at::Tensor& prod) {
+  if (a.scalar_type() == at::kFloat) {
+    at::mm_out(out, a, b);
+    return;
+  }
+  auto p = as_matrix(prod, out.size(0), out.size(1));
+  at::mm_out(p, a, b);
+  to_f32(p.data_ptr<bf16>(), out.data_ptr<float>(), out.numel());
+}
+
+// acc (fp32, contiguous) += a @ b in the operands' precision.
+inline void addmm_f32(at::Tensor acc, const at::Tensor& a, const at::Tensor& b, const at::Tensor& prod) {
+  if (a.scalar_type() == at::kFloat) {
+    acc.addmm_(a, b);
+    return;
+  }
+  auto p = as_matrix(prod, acc.size(0), acc.size(1));
+  at::mm_out(p, a, b);
+  add_f32(p.data_ptr<bf16>(), acc.data_ptr<float>(), acc.numel());
+}
+
+// Flat bf16 scratch of `n` values per thread (none in fp32).
+inline at::Tensor lowp_scratch(bool lowp, int64_t threads, int64_t n) {
+  return at::empty({threads, lowp ? n : 0}, at::TensorOptions().dtype(at::kBFloat16));
+}
+
 // sum_i x[i] (* y[i]) with vector accumulators: no long chain of dependent scalar additions.
 inline float dot_or_sum(const float* x, const float* y, int64_t n) {
   int64_t i = 0;
@@ -94,10 +175,12 @@ inline float sum_sq_diff(const float* x, float c, int64_t n) {
   return acc;
 }
 
-// X[r, g] += bias[g] in place and m[g] = max(m[g], X[r, g]) over rows.
-inline void col_max(float* X, int64_t rows, int64_t G, const float* bias, float* m) {
+// X[r, g] += bias[g] in place and m[g] = max(m[g], X[r, g]) over rows. With `src` (a bf16 product), X is first
+// written from it: X[r, g] = src[r, g] + bias[g], one pass instead of a widening pass and this one.
+inline void col_max(float* X, int64_t rows, int64_t G, const float* bias, float* m, const bf16* src = nullptr) {
   for (int64_t r = 0; r < rows; ++r) {
     float* x = X + r * G;
+    if (src) to_f32(src + r * G, x, G);
     int64_t g = 0;
     for (; g + kV <= G; g += kV) {
       fVec v = fVec::loadu(x + g) + fVec::loadu(bias + g);
@@ -125,13 +208,15 @@ inline void bias_dropout_rows(float* X, const float* src, int64_t rows, int64_t 
   }
 }
 
-// X <- exp(X - m) in place; s[g] += column sums.
-inline void exp_sum(float* X, int64_t rows, int64_t G, const float* m, float* s) {
+// X <- exp(X - m) in place; s[g] += column sums. `fast`: ATen's exp_u20 (within 20 ulp, ~2e-6 relative; used by the
+// bf16 mode, whose products round to 2^-9) instead of the 1-ulp exp.
+inline void exp_sum(float* X, int64_t rows, int64_t G, const float* m, float* s, bool fast = false) {
   for (int64_t r = 0; r < rows; ++r) {
     float* x = X + r * G;
     int64_t g = 0;
     for (; g + kV <= G; g += kV) {
-      fVec e = (fVec::loadu(x + g) - fVec::loadu(m + g)).exp();
+      fVec t = fVec::loadu(x + g) - fVec::loadu(m + g);
+      fVec e = fast ? t.exp_u20() : t.exp();
       e.store(x + g);
       (fVec::loadu(s + g) + e).store(s + g);
     }
@@ -143,7 +228,9 @@ inline void exp_sum(float* X, int64_t rows, int64_t G, const float* m, float* s)
 }
 
 // Per row: P = E * rs (the softmax over tokens), Z_h = eps + sum_j P[h*S + j], A = P / Z_h written over E;
-// Z stored per (row, head) if Z != nullptr; D = A * dropout (D may be E itself).
+// Z stored per (row, head) if Z != nullptr; D = A * dropout written to D (fp32, may be E itself) and/or DL (bf16, the
+// next product's operand) where given. One head at a time, so each row is read from memory once. `fast` multiplies
+// by 1 / Z_h instead of dividing (the bf16 mode).
 struct RowScratch {
   std::vector<float> mult, zrow, qrow;
   std::vector<uint64_t> words;
@@ -151,32 +238,50 @@ struct RowScratch {
 };
 
 inline void normalize_rows(float* E, int64_t rows, int64_t G, int64_t S, const float* rs, float eps, float* Z, float* D,
-                           const Drop& drop, int64_t elem0, RowScratch& sc) {
+                           const Drop& drop, int64_t elem0, RowScratch& sc, bf16* DL = nullptr, bool fast = false) {
   const int64_t H = G / S;
-  float* zrow = sc.zrow.data();
   float* mult = sc.mult.data();
+  float* drow = sc.qrow.data();  // the dropped row, when it goes to DL only
   for (int64_t r = 0; r < rows; ++r) {
     float* a = E + r * G;
-    int64_t g = 0;
-    for (; g + kV <= G; g += kV) (fVec::loadu(a + g) * fVec::loadu(rs + g)).store(a + g);
-    for (; g < G; ++g) a[g] *= rs[g];
+    float* o = D ? D + r * G : (DL ? drow : nullptr);
+    const bool dropping = o && drop.on;
+    if (dropping) drop_mult(drop, elem0 + r * G, G, mult, sc.words);
     for (int64_t h = 0; h < H; ++h) {
-      const float z = eps + dot_or_sum(a + h * S, nullptr, S);
+      float* ah = a + h * S;
+      const float* rh = rs + h * S;
+      int64_t j = 0;
+      float z = 0.f;
+      if (S >= kV) {
+        fVec acc(0.f);
+        for (; j + kV <= S; j += kV) {
+          fVec p = fVec::loadu(ah + j) * fVec::loadu(rh + j);
+          p.store(ah + j);
+          acc = acc + p;
+        }
+        z = at::vec::vec_reduce_all<float>([](fVec& u, fVec& v) { return u + v; }, acc);
+      }
+      for (; j < S; ++j) {
+        ah[j] *= rh[j];
+        z += ah[j];
+      }
+      z = eps + z;
       if (Z) Z[r * H + h] = z;
-      for (int64_t j = 0; j < S; ++j) zrow[h * S + j] = z;
-    }
-    for (g = 0; g + kV <= G; g += kV) (fVec::loadu(a + g) / fVec::loadu(zrow + g)).store(a + g);
-    for (; g < G; ++g) a[g] /= zrow[g];
-    if (D) {
-      float* o = D + r * G;
-      if (drop.on) {
-        drop_mult(drop, elem0 + r * G, G, mult, sc.words);
-        for (g = 0; g + kV <= G; g += kV) (fVec::loadu(a + g) * fVec::loadu(mult + g)).store(o + g);
-        for (; g < G; ++g) o[g] = a[g] * mult[g];
-      } else if (o != a) {
-        std::copy(a, a + G, o);
+      const float inv = 1.f / z;
+      const fVec zv(z), iv(inv);
+      float* oh = o ? o + h * S : nullptr;
+      const float* mh = mult + h * S;
+      for (j = 0; j + kV <= S; j += kV) {
+        fVec v = fast ? fVec::loadu(ah + j) * iv : fVec::loadu(ah + j) / zv;
+        v.store(ah + j);
+        if (oh) (dropping ? v * fVec::loadu(mh + j) : v).store(oh + j);
+      }
+      for (; j < S; ++j) {
+        ah[j] = fast ? ah[j] * inv : ah[j] / z;
+        if (oh) oh[j] = dropping ? ah[j] * mh[j] : ah[j];
       }
     }
+    if (DL) to_bf16(o, DL + r * G, G);
   }
 }
 
@@ -212,9 +317,9 @@ inline void backward_u(float* gD, const float* A, int64_t rows, int64_t G, int64
   }
 }
 
-// Backward, second half: gL = u - (A * Z_h) * csu over U; cgl[g] += column sums of gL.
+// Backward, second half: gL = u - (A * Z_h) * csu over U; cgl[g] += column sums of gL; gL also as bf16 to GL if given.
 inline void backward_gl(float* U, const float* A, const float* Z, int64_t rows, int64_t G, int64_t S, const float* csu,
-                        float* cgl, RowScratch& sc) {
+                        float* cgl, RowScratch& sc, bf16* GL = nullptr) {
   const int64_t H = G / S;
   float* zrow = sc.zrow.data();
   for (int64_t r = 0; r < rows; ++r) {
@@ -232,6 +337,7 @@ inline void backward_gl(float* U, const float* A, const float* Z, int64_t rows, 
       u[g] = u[g] - a[g] * zrow[g] * csu[g];
       cgl[g] += u[g];
     }
+    if (GL) to_bf16(u, GL + r * G, G);
   }
 }
 

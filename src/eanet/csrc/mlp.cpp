@@ -5,51 +5,50 @@ namespace eanet_fused {
 
 constexpr int64_t kMlpRows = 1024;
 
-// GELU and its derivative, tanh approximation (Keras' default) or exact erf.
-inline void gelu_rows(const float* h, float* a, int64_t n, bool tanh_approx) {
+// tanh(u) = 1 - 2 / (exp(2u) + 1) with ATen's exp_u20: the bf16 mode's tanh (within ~1e-6 of the 1-ulp one;
+// exp overflowing to infinity gives 1, underflowing to 0 gives -1).
+inline fVec fast_tanh(const fVec& u) { return fVec(1.f) - fVec(2.f) / ((u + u).exp_u20() + fVec(1.f)); }
+
+// a = GELU(h), tanh approximation (Keras' default) or exact erf; with `dg` also dg = GELU'(h) from the same tanh / erf
+// (dg may be h itself: the backward pass keeps the derivative where h was). `fast`: fast_tanh (the bf16 mode).
+inline void gelu_rows(const float* h, float* a, int64_t n, bool tanh_approx, float* dg = nullptr, bool fast = false) {
   const fVec half(0.5f), one(1.f), k0(0.7978845608028654f), k1(0.044715f), rsqrt2(0.7071067811865476f);
+  const fVec k3(3.f * 0.044715f), inv_sqrt_2pi(0.3989422804014327f);
   int64_t i = 0;
   for (; i + kV <= n; i += kV) {
     fVec x = fVec::loadu(h + i);
-    fVec t = tanh_approx ? (k0 * (x + k1 * x * x * x)).tanh() : (x * rsqrt2).erf();
+    fVec t;
+    if (tanh_approx) {
+      fVec u = k0 * (x + k1 * x * x * x);
+      t = fast ? fast_tanh(u) : u.tanh();
+    } else {
+      t = (x * rsqrt2).erf();
+    }
     (half * x * (one + t)).store(a + i);
+    if (dg) {
+      fVec d = tanh_approx ? half * (one + t) + half * x * (one - t * t) * k0 * (one + k3 * x * x)
+                           : half * (one + t) + x * inv_sqrt_2pi * (fVec(-0.5f) * x * x).exp();
+      d.store(dg + i);
+    }
   }
   for (; i < n; ++i) {
     const float x = h[i];
     const float t = tanh_approx ? std::tanh(0.7978845608028654f * (x + 0.044715f * x * x * x))
                                 : std::erf(x * 0.7071067811865476f);
     a[i] = 0.5f * x * (1.f + t);
+    if (dg) {
+      dg[i] = tanh_approx
+                  ? 0.5f * (1.f + t) + 0.5f * x * (1.f - t * t) * 0.7978845608028654f * (1.f + 3.f * 0.044715f * x * x)
+                  : 0.5f * (1.f + t) + x * 0.3989422804014327f * std::exp(-0.5f * x * x);
+    }
   }
 }
 
-// g[i] *= gelu'(h[i])
-inline void gelu_backward_rows(const float* h, float* g, int64_t n, bool tanh_approx) {
-  const fVec half(0.5f), one(1.f), k0(0.7978845608028654f), k1(0.044715f), k3(3.f * 0.044715f);
-  const fVec rsqrt2(0.7071067811865476f), inv_sqrt_2pi(0.3989422804014327f);
+// g[i] *= d[i]
+inline void mul_rows(float* g, const float* d, int64_t n) {
   int64_t i = 0;
-  for (; i + kV <= n; i += kV) {
-    fVec x = fVec::loadu(h + i);
-    fVec dg;
-    if (tanh_approx) {
-      fVec t = (k0 * (x + k1 * x * x * x)).tanh();
-      dg = half * (one + t) + half * x * (one - t * t) * k0 * (one + k3 * x * x);
-    } else {
-      fVec cdf = half * (one + (x * rsqrt2).erf());
-      dg = cdf + x * inv_sqrt_2pi * (fVec(-0.5f) * x * x).exp();
-    }
-    (fVec::loadu(g + i) * dg).store(g + i);
-  }
-  for (; i < n; ++i) {
-    const float x = h[i];
-    float dg;
-    if (tanh_approx) {
-      const float t = std::tanh(0.7978845608028654f * (x + 0.044715f * x * x * x));
-      dg = 0.5f * (1.f + t) + 0.5f * x * (1.f - t * t) * 0.7978845608028654f * (1.f + 3.f * 0.044715f * x * x);
-    } else {
-      dg = 0.5f * (1.f + std::erf(x * 0.7071067811865476f)) + x * 0.3989422804014327f * std::exp(-0.5f * x * x);
-    }
-    g[i] *= dg;
-  }
+  for (; i + kV <= n; i += kV) (fVec::loadu(g + i) * fVec::loadu(d + i)).store(g + i);
+  for (; i < n; ++i) g[i] *= d[i];
 }
 
 // LayerNorm of rows: xhat = (x - mean) * rstd written to XH (if not null), xn = xhat * w + b written to XN.
@@ -74,7 +73,7 @@ inline void bias_drop_inplace(float* X, int64_t rows, int64_t W, const float* bi
 
 at::Tensor mlp_forward(const at::Tensor& x_, const at::Tensor& ln_w, const at::Tensor& ln_b, const at::Tensor& w1,
                        const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2, double ln_eps,
-                       int64_t tanh_gelu, double p1, double p2, const at::Tensor& seed_t) {
+                       int64_t tanh_gelu, double p1, double p2, const at::Tensor& seed_t, int64_t use_bf16) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   auto x = x_.contiguous();
   TORCH_CHECK(x.scalar_type() == at::kFloat, "mlp: float tensors only");
@@ -83,9 +82,10 @@ at::Tensor mlp_forward(const at::Tensor& x_, const at::Tensor& ln_w, const at::T
   const uint64_t seed = static_cast<uint64_t>(seed_t.item<int64_t>());
   const Drop d1 = make_drop(p1, seed, 4), d2 = make_drop(p2, seed, 5);
   const float eps = static_cast<float>(ln_eps);
+  const bool lp = use_bf16 != 0;
   auto y = at::empty_like(x);
   auto x2 = x.view({R, d}), y2 = y.view({R, d});
-  auto w1t = w1.t(), w2t = w2.t();
+  auto w1t = operand(w1, lp).t(), w2t = operand(w2, lp).t();
   const float *lw = ln_w.data_ptr<float>(), *lb = ln_b.data_ptr<float>();
   const float *pb1 = b1.data_ptr<float>(), *pb2 = b2.data_ptr<float>();
   const int64_t nthreads = at::get_num_threads();
@@ -93,10 +93,11 @@ at::Tensor mlp_forward(const at::Tensor& x_, const at::Tensor& ln_w, const at::T
   auto XN_all = at::empty({nthreads, kMlpRows, d}, x.options());
   auto H_all = at::empty({nthreads, kMlpRows, F}, x.options());
   auto O_all = at::empty({nthreads, kMlpRows, d}, x.options());
+  auto P_all = lowp_scratch(lp, nthreads, kMlpRows * std::max(d, F)), Q_all = lowp_scratch(lp, nthreads, kMlpRows * F);
   at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
     at::AutoDispatchBelowADInplaceOrView below_autograd_in_worker;
     const int tid = at::get_thread_num();
-    auto XN = XN_all[tid], Hb = H_all[tid], O = O_all[tid];
+    auto XN = XN_all[tid], Hb = H_all[tid], O = O_all[tid], P = P_all[tid], Q = Q_all[tid];
     std::vector<float> mult(std::max(d, F));
     std::vector<uint64_t> words(std::max(d, F) / 4 + 2);
     for (int64_t c = c0; c < c1; ++c) {
@@ -104,15 +105,15 @@ at::Tensor mlp_forward(const at::Tensor& x_, const at::Tensor& ln_w, const at::T
       auto xn = XN.narrow(0, 0, rows), hb = Hb.narrow(0, 0, rows), o = O.narrow(0, 0, rows);
       const float* xp = x2.data_ptr<float>() + r0 * d;
       layer_norm_rows(xp, rows, d, lw, lb, eps, xn.data_ptr<float>(), nullptr, nullptr);
-      at::mm_out(hb, xn, w1t);
+      mm_f32(hb, operand(xn, lp, Q), w1t, P);
       float* hp = hb.data_ptr<float>();
       for (int64_t r = 0; r < rows; ++r) {
         float* h = hp + r * F;
         for (int64_t j = 0; j < F; ++j) h[j] += pb1[j];
-        gelu_rows(h, h, F, tanh_gelu != 0);
+        gelu_rows(h, h, F, tanh_gelu != 0, nullptr, lp);
       }
       if (d1.on) dropout_rows(hp, hp, rows, F, d1, r0 * F, mult, words);
-      at::mm_out(o, hb, w2t);
+      mm_f32(o, operand(hb, lp, Q), w2t, P);
       bias_drop_inplace(o.data_ptr<float>(), rows, d, pb2, d2, r0 * d, mult, words);
       const float* op = o.data_ptr<float>();
       float* yp = y2.data_ptr<float>() + r0 * d;
@@ -125,15 +126,17 @@ at::Tensor mlp_forward(const at::Tensor& x_, const at::Tensor& ln_w, const at::T
 std::vector<at::Tensor> mlp_backward(const at::Tensor& gy_, const at::Tensor& x_, const at::Tensor& ln_w,
                                      const at::Tensor& ln_b, const at::Tensor& w1, const at::Tensor& b1,
                                      const at::Tensor& w2, const at::Tensor& b2, double ln_eps, int64_t tanh_gelu,
-                                     double p1, double p2, const at::Tensor& seed_t) {
+                                     double p1, double p2, const at::Tensor& seed_t, int64_t use_bf16) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   auto x = x_.contiguous(), gy = gy_.contiguous();
   const int64_t d = x.size(-1), F = w1.size(0), R = x.numel() / d;
   const uint64_t seed = static_cast<uint64_t>(seed_t.item<int64_t>());
   const Drop d1 = make_drop(p1, seed, 4), d2 = make_drop(p2, seed, 5);
   const float eps = static_cast<float>(ln_eps);
+  const bool lp = use_bf16 != 0;
   auto gx = at::empty_like(x);
   auto x2 = x.view({R, d}), gy2 = gy.view({R, d}), gx2 = gx.view({R, d});
+  auto w1l = operand(w1, lp), w2l = operand(w2, lp);  // the products' operands: fp32, or bf16 copies
   const float *lw = ln_w.data_ptr<float>(), *lb = ln_b.data_ptr<float>(), *pb1 = b1.data_ptr<float>();
   const int64_t nthreads = at::get_num_threads();
   const int64_t nchunks = (R + kMlpRows - 1) / kMlpRows;
@@ -144,9 +147,13 @@ std::vector<at::Tensor> mlp_backward(const at::Tensor& gy_, const at::Tensor& x_
   auto XN_all = at::empty({nthreads, kMlpRows, d}, opt), H_all = at::empty({nthreads, kMlpRows, F}, opt);
   auto A_all = at::empty({nthreads, kMlpRows, F}, opt), GO_all = at::empty({nthreads, kMlpRows, d}, opt);
   auto GA_all = at::empty({nthreads, kMlpRows, F}, opt), GXN_all = at::empty({nthreads, kMlpRows, d}, opt);
+  auto P_all = lowp_scratch(lp, nthreads, std::max(kMlpRows * std::max(d, F), F * d));
+  auto Q_all = lowp_scratch(lp, nthreads, kMlpRows * F), XL_all = lowp_scratch(lp, nthreads, kMlpRows * d);
+  auto GL_all = lowp_scratch(lp, nthreads, kMlpRows * d);
   at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
     at::AutoDispatchBelowADInplaceOrView below_autograd_in_worker;
     const int tid = at::get_thread_num();
+    auto P = P_all[tid], Q = Q_all[tid], XL = XL_all[tid], GL = GL_all[tid];
     auto XN = XN_all[tid], Hb = H_all[tid], A = A_all[tid], GO = GO_all[tid], GA = GA_all[tid], GXN = GXN_all[tid];
     auto glw = acc_lw[tid], glb = acc_lb[tid], gw1 = acc_w1[tid], gb1 = acc_b1[tid], gw2 = acc_w2[tid],
          gb2 = acc_b2[tid];
@@ -160,25 +167,28 @@ std::vector<at::Tensor> mlp_backward(const at::Tensor& gy_, const at::Tensor& x_
       const float* xp = x2.data_ptr<float>() + r0 * d;
       // recompute the forward pass of the chunk
       layer_norm_rows(xp, rows, d, lw, lb, eps, xn.data_ptr<float>(), mean.data(), rstd.data());
-      at::mm_out(hb, xn, w1.t());
+      auto xnl = operand(xn, lp, XL);
+      mm_f32(hb, xnl, w1l.t(), P);
       float* hp = hb.data_ptr<float>();
       float* ap = a.data_ptr<float>();
       for (int64_t r = 0; r < rows; ++r) {
         for (int64_t j = 0; j < F; ++j) hp[r * F + j] += pb1[j];
-        gelu_rows(hp + r * F, ap + r * F, F, tanh_gelu != 0);
+        gelu_rows(hp + r * F, ap + r * F, F, tanh_gelu != 0, hp + r * F, lp);  // h <- GELU'(h)
       }
       if (d1.on) dropout_rows(ap, ap, rows, F, d1, r0 * F, mult, words);  // a = drop1(gelu(h))
       // y = x + drop2(a w2^T + b2)
       dropout_rows(go.data_ptr<float>(), gy2.data_ptr<float>() + r0 * d, rows, d, d2, r0 * d, mult, words);
-      gw2.addmm_(go.t(), a);
+      auto gol = operand(go, lp, GL);
+      addmm_f32(gw2, gol.t(), operand(a, lp, Q), P);
       gb2.add_(go.sum(0));
-      at::mm_out(ga, go, w2);                                      // gradient of drop1(gelu(h))
+      mm_f32(ga, gol, w2l, P);                                     // gradient of drop1(gelu(h))
       float* gap = ga.data_ptr<float>();
       if (d1.on) dropout_rows(gap, gap, rows, F, d1, r0 * F, mult, words);
-      for (int64_t r = 0; r < rows; ++r) gelu_backward_rows(hp + r * F, gap + r * F, F, tanh_gelu != 0);
-      gw1.addmm_(ga.t(), xn);
+      mul_rows(gap, hp, rows * F);  // through the GELU
+      auto gal = operand(ga, lp, Q);
+      addmm_f32(gw1, gal.t(), xnl, P);
       gb1.add_(ga.sum(0));
-      at::mm_out(gxn, ga, w1);                                     // gradient of LayerNorm(x)
+      mm_f32(gxn, gal, w1l, P);                                    // gradient of LayerNorm(x)
       const float* gxnp = gxn.data_ptr<float>();
       const float* gyp = gy2.data_ptr<float>() + r0 * d;
       float* gxp = gx2.data_ptr<float>() + r0 * d;

@@ -57,7 +57,7 @@ inline void scatter_rows(const float* src, float* dst, int64_t N, int64_t D, int
 }
 
 std::tuple<at::Tensor, at::Tensor> sa_forward(const at::Tensor& qkv, int64_t heads, double scale_, double p,
-                                              const at::Tensor& seed_t) {
+                                              const at::Tensor& seed_t, int64_t use_bf16) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const SaDims sd = sa_check(qkv, heads);
   const int64_t B = sd.B, N = sd.N, H = sd.H, D = sd.D;
@@ -66,15 +66,17 @@ std::tuple<at::Tensor, at::Tensor> sa_forward(const at::Tensor& qkv, int64_t hea
   const auto opt = qkv.options();
   auto out = at::empty({B, N, H * D}, opt);
   auto lse = at::empty({B, H, N}, opt);
-  auto qkv5 = qkv.view({B, N, 3, H, D});
+  const bool lp = use_bf16 != 0;
+  auto qkv5 = operand(qkv, lp).view({B, N, 3, H, D});  // the products' operands: fp32, or a bf16 copy
   float* outp = out.data_ptr<float>();
   float* lsep = lse.data_ptr<float>();
   const int64_t nthreads = at::get_num_threads();
   auto S_all = at::empty({nthreads, N, N}, opt), O_all = at::empty({nthreads, N, D}, opt);
+  auto P_all = lowp_scratch(lp, nthreads, N * std::max(N, D)), Q_all = lowp_scratch(lp, nthreads, N * N);
   at::parallel_for(0, B * H, 1, [&](int64_t u0, int64_t u1) {
     at::AutoDispatchBelowADInplaceOrView below_autograd_in_worker;
     const int tid = at::get_thread_num();
-    auto Sm = S_all[tid], Ob = O_all[tid];
+    auto Sm = S_all[tid], Ob = O_all[tid], P = P_all[tid], Q = Q_all[tid];
     float* sp = Sm.data_ptr<float>();
     std::vector<float> mult(N);
     std::vector<uint64_t> words(N / 4 + 2);
@@ -83,10 +85,10 @@ std::tuple<at::Tensor, at::Tensor> sa_forward(const at::Tensor& qkv, int64_t hea
       auto sample = qkv5.select(0, b);  // (N, 3, H, D)
       auto q = sample.select(1, 0).select(1, h), k = sample.select(1, 1).select(1, h);
       auto v = sample.select(1, 2).select(1, h);
-      at::mm_out(Sm, q, k.t());
+      mm_f32(Sm, q, k.t(), P);
       for (int64_t i = 0; i < N; ++i) lsep[u * N + i] = softmax_row(sp + i * N, N, scale);
       if (dr.on) dropout_rows(sp, sp, N, N, dr, u * N * N, mult, words);
-      at::mm_out(Ob, Sm, v);
+      mm_f32(Ob, operand(Sm, lp, Q), v, P);
       scatter_rows(Ob.data_ptr<float>(), outp + b * N * H * D + h * D, N, D, H * D);
     }
   });
@@ -94,7 +96,8 @@ std::tuple<at::Tensor, at::Tensor> sa_forward(const at::Tensor& qkv, int64_t hea
 }
 
 at::Tensor sa_backward(const at::Tensor& gout_, const at::Tensor& qkv, const at::Tensor& out_,
-                       const at::Tensor& lse_, int64_t heads, double scale_, double p, const at::Tensor& seed_t) {
+                       const at::Tensor& lse_, int64_t heads, double scale_, double p, const at::Tensor& seed_t,
+                       int64_t use_bf16) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const SaDims sd = sa_check(qkv, heads);
   const int64_t B = sd.B, N = sd.N, H = sd.H, D = sd.D;
@@ -103,17 +106,19 @@ at::Tensor sa_backward(const at::Tensor& gout_, const at::Tensor& qkv, const at:
   const float scale = static_cast<float>(scale_);
   const Drop dr = make_drop(p, static_cast<uint64_t>(seed_t.item<int64_t>()), 6);
   const auto opt = qkv.options();
+  const bool lp = use_bf16 != 0;
   auto gqkv = at::empty_like(qkv);
-  auto qkv5 = qkv.view({B, N, 3, H, D}), go4 = gout.view({B, N, H, D});
+  auto qkv5 = operand(qkv, lp).view({B, N, 3, H, D}), go4 = operand(gout, lp).view({B, N, H, D});
   const float *gop = gout.data_ptr<float>(), *outp = out.data_ptr<float>(), *lsep = lse.data_ptr<float>();
   float* gp = gqkv.data_ptr<float>();
   const int64_t nthreads = at::get_num_threads();
   auto S_all = at::empty({nthreads, N, N}, opt), G_all = at::empty({nthreads, N, N}, opt);
   auto P_all = at::empty({nthreads, N, N}, opt), T_all = at::empty({nthreads, N, D}, opt);
+  auto X_all = lowp_scratch(lp, nthreads, N * std::max(N, D)), Y_all = lowp_scratch(lp, nthreads, N * N);
   at::parallel_for(0, B * H, 1, [&](int64_t u0, int64_t u1) {
     at::AutoDispatchBelowADInplaceOrView below_autograd_in_worker;
     const int tid = at::get_thread_num();
-    auto Sm = S_all[tid], Gm = G_all[tid], Pm = P_all[tid], Tm = T_all[tid];
+    auto Sm = S_all[tid], Gm = G_all[tid], Pm = P_all[tid], Tm = T_all[tid], X = X_all[tid], Y = Y_all[tid];
     float *sp = Sm.data_ptr<float>(), *gmp = Gm.data_ptr<float>(), *pp = Pm.data_ptr<float>();
     const float* tp = Tm.data_ptr<float>();
     std::vector<float> mult(N, 1.f), rowdot(N);
@@ -129,8 +134,8 @@ at::Tensor sa_backward(const at::Tensor& gout_, const at::Tensor& qkv, const at:
         const int64_t at_row = (b * N + i) * H * D + h * D;
         rowdot[i] = dot_or_sum(gop + at_row, outp + at_row, D);
       }
-      at::mm_out(Sm, q, k.t());   // logits again
-      at::mm_out(Gm, go, v.t());  // gradient of the dropped probabilities
+      mm_f32(Sm, q, k.t(), X);   // logits again
+      mm_f32(Gm, go, v.t(), X);  // gradient of the dropped probabilities
       const fVec sv(scale);
       for (int64_t i = 0; i < N; ++i) {
         const float* s = sp + i * N;
@@ -153,11 +158,12 @@ at::Tensor sa_backward(const at::Tensor& gout_, const at::Tensor& qkv, const at:
         }
       }
       float* gsample = gp + b * N * 3 * H * D;
-      at::mm_out(Tm, Gm, k);  // dq = dS k
+      auto Gl = operand(Gm, lp, Y);
+      mm_f32(Tm, Gl, k, X);  // dq = dS k
       scatter_rows(tp, gsample + h * D, N, D, 3 * H * D);
-      at::mm_out(Tm, Gm.t(), q);  // dk = dS^T q
+      mm_f32(Tm, Gl.t(), q, X);  // dk = dS^T q
       scatter_rows(tp, gsample + (H + h) * D, N, D, 3 * H * D);
-      at::mm_out(Tm, Pm.t(), go);  // dv = P_dropped^T gout
+      mm_f32(Tm, operand(Pm, lp, Y).t(), go, X);  // dv = P_dropped^T gout
       scatter_rows(tp, gsample + (2 * H + h) * D, N, D, 3 * H * D);
     }
   });

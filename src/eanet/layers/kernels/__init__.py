@@ -12,20 +12,29 @@ path may replace it. The C++ lives in ``src/eanet/csrc/`` (one file per op, ``op
 - :func:`self_attention`: the ViT baseline's ``softmax(q k^T) -> dropout -> @ v`` one (sample, head) at a time.
 - :func:`dropout` / :class:`FastDropout`: masks from 16 random bits per element.
 
-Every wrapper returns ``None`` where its kernel does not apply (another device or dtype, autocast, an
-export, kernels not built); the layer then takes its PyTorch path. All random numbers are drawn from
+Every kernel has two precisions: fp32, and bf16 matrix products with fp32 accumulation and everything
+else in fp32, used under bf16 autocast (``precision: bf16``) where the processor has bf16 dot products.
+Every wrapper returns ``None`` where its kernel does not apply (another device or dtype, another autocast,
+an export, kernels not built); the layer then takes its PyTorch path. All random numbers are drawn from
 PyTorch's default generator, so ``torch.manual_seed`` makes a run reproducible and resume exact.
 """
 
 from eanet.layers.kernels.build import fused_kernels_available
 from eanet.layers.kernels.dropout import FastDropout, dropout, keep_threshold, random_bits
 from eanet.layers.kernels.external_attention import composed_memories, external_attention
-from eanet.layers.kernels.gate import counting_flops, exporting, unobserved, use_kernels
+from eanet.layers.kernels.gate import (
+    bf16_kernels_available,
+    counting_flops,
+    exporting,
+    kernel_precision,
+    unobserved,
+    use_kernels,
+)
 from eanet.layers.kernels.mlp import mlp_branch
 from eanet.layers.kernels.self_attention import SELF_ATTENTION_MAX_TOKENS, self_attention
 
 __all__ = [
-    "SELF_ATTENTION_MAX_TOKENS", "FastDropout", "composed_memories", "counting_flops", "dropout", "exporting",
-    "external_attention", "fused_kernels_available", "keep_threshold", "mlp_branch", "random_bits",
-    "self_attention", "unobserved", "use_kernels",
+    "SELF_ATTENTION_MAX_TOKENS", "FastDropout", "bf16_kernels_available", "composed_memories", "counting_flops",
+    "dropout", "exporting", "external_attention", "fused_kernels_available", "keep_threshold", "kernel_precision",
+    "mlp_branch", "random_bits", "self_attention", "unobserved", "use_kernels",
 ]

@@ -91,7 +91,7 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
         return x * 0.0
     if x.device.type != "cpu" or exporting():
         return F.dropout(x, p, True)
-    if use_kernels(x):
+    if x.dtype == torch.float32 and use_kernels(x):  # the kernel is fp32 (under autocast too)
         return _dropout_op(x.contiguous(), p)[0]
     keep = random_bits(x.detach()) < keep_threshold(p)
     return torch.where(keep, x * (1.0 / (1.0 - p)), 0.0)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from eanet.layers.kernels.build import draw_seed, empty_like
-from eanet.layers.kernels.gate import use_kernels
+from eanet.layers.kernels.gate import kernel_precision
 
 __all__ = ["composed_memories", "external_attention"]
 
@@ -57,40 +57,42 @@ def composed_memories(
 
 @torch.library.custom_op("eanet::external_attention", mutates_args=())
 def _ea_op(x: torch.Tensor, w_in: torch.Tensor, b_in: torch.Tensor, w_out: torch.Tensor, b_out: torch.Tensor,
-           heads: int, eps: float, p_attn: float, p_proj: float) -> tuple[torch.Tensor, torch.Tensor]:
+           heads: int, eps: float, p_attn: float, p_proj: float, bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
     seed = draw_seed() if (p_attn > 0.0 or p_proj > 0.0) else torch.zeros((), dtype=torch.int64)
     y = torch.ops.eanet_fused.ea_forward(x.contiguous(), w_in.contiguous(), b_in.contiguous(), w_out.contiguous(),
-                                         b_out.contiguous(), heads, eps, p_attn, p_proj, seed)
+                                         b_out.contiguous(), heads, eps, p_attn, p_proj, seed, int(bf16))
     return y, seed
 
 
 @_ea_op.register_fake
-def _(x, w_in, b_in, w_out, b_out, heads, eps, p_attn, p_proj):
+def _(x, w_in, b_in, w_out, b_out, heads, eps, p_attn, p_proj, bf16):
     return empty_like(x), torch.empty((), dtype=torch.int64)
 
 
 @torch.library.custom_op("eanet::external_attention_backward", mutates_args=())
 def _ea_backward_op(grad: torch.Tensor, x: torch.Tensor, w_in: torch.Tensor, b_in: torch.Tensor, w_out: torch.Tensor,
-                    b_out: torch.Tensor, seed: torch.Tensor, heads: int, eps: float, p_attn: float,
-                    p_proj: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                    b_out: torch.Tensor, seed: torch.Tensor, heads: int, eps: float, p_attn: float, p_proj: float,
+                    bf16: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return torch.ops.eanet_fused.ea_backward(grad.contiguous(), x.contiguous(), w_in.contiguous(), b_in.contiguous(),
-                                             w_out.contiguous(), b_out.contiguous(), heads, eps, p_attn, p_proj, seed)
+                                             w_out.contiguous(), b_out.contiguous(), heads, eps, p_attn, p_proj, seed,
+                                             int(bf16))
 
 
 @_ea_backward_op.register_fake
-def _(grad, x, w_in, b_in, w_out, b_out, seed, heads, eps, p_attn, p_proj):
+def _(grad, x, w_in, b_in, w_out, b_out, seed, heads, eps, p_attn, p_proj, bf16):
     return empty_like(x), empty_like(w_in), empty_like(b_in), empty_like(w_out), empty_like(b_out)
 
 
 def _ea_setup(ctx, inputs, output):
-    x, w_in, b_in, w_out, b_out, ctx.heads, ctx.eps, ctx.p_attn, ctx.p_proj = inputs
+    x, w_in, b_in, w_out, b_out, ctx.heads, ctx.eps, ctx.p_attn, ctx.p_proj, ctx.bf16 = inputs
     ctx.save_for_backward(x, w_in, b_in, w_out, b_out, output[1])
 
 
 def _ea_backward(ctx, grad, _grad_seed):
     x, w_in, b_in, w_out, b_out, seed = ctx.saved_tensors
-    grads = _ea_backward_op(grad, x, w_in, b_in, w_out, b_out, seed, ctx.heads, ctx.eps, ctx.p_attn, ctx.p_proj)
-    return (*grads, None, None, None, None)
+    grads = _ea_backward_op(grad, x, w_in, b_in, w_out, b_out, seed, ctx.heads, ctx.eps, ctx.p_attn, ctx.p_proj,
+                            ctx.bf16)
+    return (*grads, None, None, None, None, None)
 
 
 _ea_op.register_autograd(_ea_backward, setup_context=_ea_setup)
@@ -101,9 +103,12 @@ def external_attention(x: torch.Tensor, w_in: torch.Tensor, b_in: torch.Tensor, 
                        p_proj: float = 0.0) -> torch.Tensor | None:
     """``Linear(w_in) -> double normalisation over (tokens, S) -> dropout(p_attn) -> Linear(w_out) ->
     dropout(p_proj)`` on tokens ``(B, N, d)`` with the fused kernel, or ``None`` where it does not apply
-    (not a CPU fp32 tensor, kernels unavailable, dropout of 1): the caller then takes the PyTorch path."""
-    if x.dim() != 3 or not use_kernels(x) or p_attn >= 1.0 or p_proj >= 1.0:
+    (see :func:`~eanet.layers.kernels.gate.kernel_precision`; dropout of 1): the caller then takes the
+    PyTorch path. Under bf16 autocast the kernel's products take bf16 operands; the result is fp32."""
+    precision = kernel_precision(x) if x.dim() == 3 else None
+    if precision is None or p_attn >= 1.0 or p_proj >= 1.0:
         return None
     if any(t.dtype != torch.float32 for t in (w_in, b_in, w_out, b_out)):
         return None
-    return _ea_op(x.contiguous(), w_in, b_in, w_out, b_out, heads, eps, p_attn, p_proj)[0]
+    return _ea_op(x.float().contiguous(), w_in, b_in, w_out, b_out, heads, eps, p_attn, p_proj,
+                  precision == "bf16")[0]

@@ -7,21 +7,28 @@ questions, both answered here:
    a FLOP counter (counts must be those of the architecture as the paper defines it), forward hooks on the
    layer or any sub-layer, or global forward hooks (layer tables, feature extraction). Otherwise the
    reference forward runs module by module, exactly as written.
-2. :func:`use_kernels` ``(x)``: may the C++ kernels compute it? Only for CPU fp32 tensors, outside
-   autocast (there PyTorch's bf16 matrix products are faster), while no graph is being exported or traced
-   (an exported graph must not call this process's extension), and when the kernels are built.
+2. :func:`kernel_precision` ``(x)``: may the C++ kernels compute it, and in which precision? ``"fp32"`` for
+   CPU fp32 tensors outside autocast; ``"bf16"`` under CPU bf16 autocast (``precision: bf16``) on a processor
+   with bf16 dot products (AVX512-BF16 or AMX): the kernels then multiply bf16 operands with fp32
+   accumulation and keep everything else in fp32. ``None`` (the PyTorch path) on other devices, under
+   other autocast types, on a processor without bf16 support under bf16 autocast (PyTorch's autocast
+   path is the fallback there), while a graph is exported or traced (an exported graph must not call this
+   process's extension), and when the kernels are not built. ``EANET_BF16_KERNELS=0`` keeps bf16 autocast
+   on the PyTorch path.
 
 Reading hooks and the dispatch-mode stack needs PyTorch internals; they are read here and nowhere else.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
 from eanet.layers.kernels.build import fused_kernels_available
 
-__all__ = ["counting_flops", "exporting", "unobserved", "use_kernels"]
+__all__ = ["bf16_kernels_available", "counting_flops", "exporting", "kernel_precision", "unobserved", "use_kernels"]
 
 
 def exporting() -> bool:
@@ -33,11 +40,37 @@ def exporting() -> bool:
     return bool(is_exporting is not None and is_exporting())
 
 
+@torch._dynamo.assume_constant_result  # torch.compile: decided once, at tracing time
+def bf16_kernels_available() -> bool:
+    """The processor has bf16 dot-product instructions (x86 AVX512-BF16 or AMX) and ``EANET_BF16_KERNELS``
+    does not say 0: the kernels' bf16 mode is then several times faster than their fp32 mode. Elsewhere
+    bf16 autocast keeps PyTorch's path (oneDNN would emulate bf16 products, gaining nothing)."""
+    if os.environ.get("EANET_BF16_KERNELS", "1") in ("0", "false", "no", "off"):
+        return False
+    cpu = getattr(torch, "cpu", None)
+    checks = (getattr(cpu, "_is_avx512_bf16_supported", None), getattr(cpu, "_is_amx_tile_supported", None))
+    return any(check is not None and check() for check in checks)
+
+
+def kernel_precision(x: torch.Tensor) -> str | None:
+    """``"fp32"`` or ``"bf16"``: the precision the C++ kernels would compute ``x``'s layer in, or ``None``
+    where they do not apply and the layer takes its PyTorch path (see the module docstring)."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16) or exporting():
+        return None
+    if torch.is_autocast_enabled("cpu"):
+        if torch.get_autocast_dtype("cpu") != torch.bfloat16 or not bf16_kernels_available():
+            return None
+        precision = "bf16"
+    elif x.dtype == torch.float32:
+        precision = "fp32"
+    else:
+        return None
+    return precision if fused_kernels_available() else None
+
+
 def use_kernels(x: torch.Tensor) -> bool:
-    """The fp32 kernels apply: a CPU fp32 tensor, no autocast (under bf16 autocast the PyTorch path's
-    bf16 matrix products are faster than the kernels' fp32 ones), not exporting, kernels built."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-            and not exporting() and fused_kernels_available())
+    """The C++ kernels apply to ``x`` in some precision (:func:`kernel_precision`)."""
+    return kernel_precision(x) is not None
 
 
 def counting_flops() -> bool:
