@@ -48,6 +48,16 @@ def test_benchmark_bf16_and_threads(capsys):
     assert result["dtype"] == "bf16" and result["threads"] == 1
     assert result["train_images_per_second"] > 0 and result["inference_images_per_second"] > 0
     assert result["train_peak_memory_bytes"] is None
+    # the fraction of peak is against the bf16 matrix-product peak, and the report says which kernels ran
+    assert result["matmul_peak_dtype"] == "bf16" and 0 < result["train_fraction_of_peak"] < 1
+    expected = "bf16" if fused_mod.fused_kernels_available() and fused_mod.bf16_kernels_available() else "off"
+    assert result["kernel_precision"] == expected
+
+
+def test_benchmark_bf16_without_bf16_dot_products_says_it_fell_back(capsys, monkeypatch):
+    monkeypatch.setenv("EANET_BF16_KERNELS", "0")
+    out = run_cli(capsys, *TINY, "--dtype", "bf16", "--no-memory")
+    assert "fused CPU kernels: no" in out and "% of peak" in out
 
 
 def test_benchmark_table_output(capsys):

@@ -4,7 +4,9 @@ What one **training step** is: ``zero_grad -> forward -> label-smoothed (0.1) cr
 -> AdamW(lr 1e-3, weight decay 1e-4) step``, the model in train mode with its own dropouts, on a fixed
 batch of random uint8 images and labels (the Keras example's recipe without data loading or augmentation, which
 ``eanet.benchmarks.data_path`` measures). **Inference** is a forward pass in eval mode under
-``torch.inference_mode``. Each is timed after ``warmup`` untimed steps, as ``repeats`` runs of ``steps``
+``torch.inference_mode``. ``dtype="bf16"`` wraps both in CPU bf16 autocast: the fused kernels then multiply
+bf16 operands with fp32 accumulation where the processor has bf16 dot products (``kernel_precision``
+says which path ran). Each is timed after ``warmup`` untimed steps, as ``repeats`` runs of ``steps``
 steps; the figure is the median run.
 
 **FLOP/s** are the model's own: FLOPs of the architecture as the Keras example defines it (counted once by
@@ -261,7 +263,7 @@ def benchmark_model(
     image, achieved FLOP/s and their fraction of the measured matrix-product peak, peak memory, and
     the settings and machine they were measured with.
     """
-    from eanet.layers.kernels import fused_kernels_available
+    from eanet.layers.kernels import bf16_kernels_available, fused_kernels_available
     from eanet.models import create_model
 
     if dtype not in DTYPES:
@@ -286,6 +288,10 @@ def benchmark_model(
     labels = torch.randint(0, classes, (batch_size,), generator=gen).to(dev)
     amp_dtype = DTYPES[dtype]
     fused = dev.type == "cpu" and fused_kernels_available()  # builds the CPU kernels before anything is timed
+    if not fused or (amp_dtype == torch.bfloat16 and not bf16_kernels_available()):
+        kernels = "off"  # the PyTorch path (bf16: PyTorch's autocast, the fallback without bf16 dot products)
+    else:
+        kernels = "bf16" if amp_dtype == torch.bfloat16 else "fp32"
 
     def autocast():
         return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp_dtype == torch.bfloat16)
@@ -315,7 +321,7 @@ def benchmark_model(
         "model": model, "model_args": dict(model_args or {}),
         "batch_size": batch_size, "dtype": dtype, "compile": compile, "device": str(dev),
         "threads": torch.get_num_threads(), "warmup": warmup, "steps": steps, "repeats": repeats,
-        "fused_cpu_kernels": fused, "torch_version": torch.__version__,
+        "fused_cpu_kernels": fused, "kernel_precision": kernels, "torch_version": torch.__version__,
         "cpu": cpu_name() if dev.type == "cpu" else torch.cuda.get_device_name(dev),
     }
     for phase, step, set_mode in (("train", train_step, net.train), ("inference", infer_step, net.eval)):

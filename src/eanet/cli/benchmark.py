@@ -32,7 +32,8 @@ def _mb(nbytes) -> str:
               help="images per step (default 128), or sequences per step with --scaling (default 4)")
 @click.option("--threads", type=int, default=None, help="torch.set_num_threads (default: PyTorch's choice)")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
-              help="bf16 = torch.autocast with bfloat16 around forward and loss")
+              help="bf16 = torch.autocast with bfloat16 around forward and loss: the fused CPU kernels "
+                   "take bf16 operands where the processor has bf16 dot products")
 @click.option("--compile/--no-compile", "use_compile", default=False, show_default=True,
               help="torch.compile the training loss and the inference forward")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N]")
@@ -94,9 +95,9 @@ def benchmark_cmd(model_name, recipe, sets, batch_size, threads, dtype, use_comp
         return
     r = result
     what = r["model"] + (f" ({recipe} recipe)" if recipe else "") + (f" with {', '.join(sets)}" if sets else "")
+    kernels = {"fp32": "yes", "bf16": "yes, bf16 products"}.get(r["kernel_precision"], "no")
     click.echo(f"{what} on {r['cpu']} ({r['device']}, {r['threads']} threads), batch {r['batch_size']}, "
-               f"{r['dtype']}, {'compiled' if r['compile'] else 'eager'}, fused CPU kernels: "
-               f"{'yes' if r['fused_cpu_kernels'] else 'no'}")
+               f"{r['dtype']}, {'compiled' if r['compile'] else 'eager'}, fused CPU kernels: {kernels}")
     for phase in ("train", "inference"):
         click.echo(f"  {phase:<9} {r[f'{phase}_images_per_second']:8.1f} img/s   "
                    f"{r[f'{phase}_seconds_per_step'] * 1e3:8.1f} ms/step   "
