@@ -158,8 +158,11 @@ def test_models_under_bf16_autocast_take_the_bf16_kernels(name, monkeypatch):
     if fused_mod.bf16_kernels_available():
         assert kernels, "no fused kernel ran under bf16 autocast"
     assert rel_err(got, ref) < TOL
+    x = torch.randn(2, fused_mod.gate.BF16_MIN_TOKENS, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fused_mod.kernel_precision(x) == ("bf16" if fused_mod.bf16_kernels_available() else None)
+        assert fused_mod.kernel_precision(x[:, 1:]) is None  # too few tokens for the bf16 kernels to pay
     monkeypatch.setenv("EANET_BF16_KERNELS", "0")
-    x = torch.randn(2, 5, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert fused_mod.kernel_precision(x) is None  # the fallback: PyTorch's autocast path
     assert fused_mod.kernel_precision(x) == "fp32"  # the fp32 kernels are unaffected
