@@ -44,7 +44,7 @@ def test_recipe_comment_gives_its_parameter_count(name):
 
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-RUN_FIELDS = {"seed", "val_fraction", "out", "data_dir"}  # what a reported run sets on the command line
+RUN_FIELDS = {"seed", "val_fraction", "out", "data_dir", "log"}  # what a reported run sets on the command line
 
 
 def _what_it_trains(config: dict) -> dict:
@@ -70,5 +70,15 @@ def test_30min_recipe_is_the_configuration_of_its_reported_runs():
     # the recipe as the trainer writes a run's config.yaml (yaml.safe_dump of TrainConfig.to_dict)
     recipe = _what_it_trains(yaml.safe_load(yaml.safe_dump(resolve_config("cifar100-30min").to_dict())))
     assert recipe["epochs"] is None and recipe["warmup_fraction"] == 0.0625
+    for path in recorded:
+        assert _what_it_trains(yaml.safe_load(path.read_text())) == recipe, path.parent.name
+
+
+def test_30min_recipe_is_the_configuration_of_its_bf16_kernel_runs():
+    """The 30-minute runs with the bf16 kernels (results/cifar100-30min-bf16-kernels-s*/) trained the same
+    recipe: the comparison with the earlier seeds is of machine and kernels, not of configuration."""
+    recorded = sorted(RESULTS.glob("cifar100-30min-bf16-kernels-s[0-9]/config.yaml"))
+    assert recorded, "the reported bf16-kernel runs' folders"
+    recipe = _what_it_trains(yaml.safe_load(yaml.safe_dump(resolve_config("cifar100-30min").to_dict())))
     for path in recorded:
         assert _what_it_trains(yaml.safe_load(path.read_text())) == recipe, path.parent.name
