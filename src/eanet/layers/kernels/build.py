@@ -16,11 +16,16 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CSRC", "draw_seed", "empty_like", "fused_kernels_available"]
+__all__ = ["CSRC", "draw_seed", "empty_like", "fused_kernels_available", "switched_off"]
 
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 _STATE: dict = {"loaded": None}
 _LOCK = threading.Lock()
+
+
+def switched_off(variable: str) -> bool:
+    """The environment variable says 0 / false / no / off (``EANET_FUSED``, ``EANET_BF16_KERNELS``)."""
+    return os.environ.get(variable, "1") in ("0", "false", "no", "off")
 
 
 def _build_flags() -> list[str]:
@@ -59,7 +64,7 @@ def fused_kernels_available() -> bool:
     if _STATE["loaded"] is None:
         with _LOCK:
             if _STATE["loaded"] is None:
-                if os.environ.get("EANET_FUSED", "1") in ("0", "false", "no", "off"):
+                if switched_off("EANET_FUSED"):
                     _STATE["loaded"] = False
                 else:
                     try:

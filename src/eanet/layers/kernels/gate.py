@@ -21,12 +21,12 @@ Reading hooks and the dispatch-mode stack needs PyTorch internals; they are read
 
 from __future__ import annotations
 
-import os
+import functools
 
 import torch
 from torch import nn
 
-from eanet.layers.kernels.build import fused_kernels_available
+from eanet.layers.kernels.build import fused_kernels_available, switched_off
 
 __all__ = ["bf16_kernels_available", "counting_flops", "exporting", "kernel_precision", "unobserved", "use_kernels"]
 
@@ -45,8 +45,11 @@ def bf16_kernels_available() -> bool:
     """The processor has bf16 dot-product instructions (x86 AVX512-BF16 or AMX) and ``EANET_BF16_KERNELS``
     does not say 0: the kernels' bf16 mode is then several times faster than their fp32 mode. Elsewhere
     bf16 autocast keeps PyTorch's path (oneDNN would emulate bf16 products, gaining nothing)."""
-    if os.environ.get("EANET_BF16_KERNELS", "1") in ("0", "false", "no", "off"):
-        return False
+    return not switched_off("EANET_BF16_KERNELS") and _bf16_dot_products()
+
+
+@functools.cache  # the processor does not change; asked on every layer call under bf16 autocast
+def _bf16_dot_products() -> bool:
     cpu = getattr(torch, "cpu", None)
     checks = (getattr(cpu, "_is_avx512_bf16_supported", None), getattr(cpu, "_is_amx_tile_supported", None))
     return any(check is not None and check() for check in checks)
