@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The speed table of docs/speed.md in one sitting: the Keras reference harness, then eanet's models in fp32 and
-# bf16 (with the bf16 kernels, and with PyTorch's autocast path for comparison), then the Keras reference again.
+# bf16 (with the bf16 kernels, with PyTorch's autocast path and with glibc's default allocator thresholds for
+# comparison), then the Keras reference again.
 # Run it on an otherwise idle machine (pause long trainings with `kill -STOP PID`, resume with `kill -CONT PID`).
 #
 #   KERAS_REFERENCE=path/to/keras_reference.py KERAS_PYTHON=path/to/venv/bin/python scripts/speed_table.sh OUT_DIR
@@ -35,10 +36,14 @@ step eanet-keras-fp32 "$EANET" benchmark --model eanet_keras --no-memory --json
 step eanet-keras-bf16 "$EANET" benchmark --model eanet_keras --dtype bf16 --no-memory --json
 step eanet-keras-bf16-autocast env EANET_BF16_KERNELS=0 "$EANET" benchmark --model eanet_keras --dtype bf16 \
   --no-memory --json
+step eanet-keras-bf16-mallopt-off env EANET_MALLOPT=0 "$EANET" benchmark --model eanet_keras --dtype bf16 \
+  --no-memory --json
 for recipe in cifar100-fast cifar100-30min; do
   step "$recipe-fp32" "$EANET" benchmark --recipe "$recipe" --no-memory --json
   step "$recipe-bf16" "$EANET" benchmark --recipe "$recipe" --dtype bf16 --no-memory --json
   step "$recipe-bf16-autocast" env EANET_BF16_KERNELS=0 "$EANET" benchmark --recipe "$recipe" --dtype bf16 \
+    --no-memory --json
+  step "$recipe-bf16-mallopt-off" env EANET_MALLOPT=0 "$EANET" benchmark --recipe "$recipe" --dtype bf16 \
     --no-memory --json
 done
 step vit-keras-bf16 "$EANET" benchmark --model vit_keras --dtype bf16 --no-memory --steps 3 --repeats 3 --json

@@ -14,6 +14,7 @@ import sys
 
 import click
 
+from eanet.cpu_memory import keep_freed_memory
 from eanet.errors import EanetError, one_line
 
 # (module, attribute) of every sub-command; imported lazily so `eanet --help` stays fast.
@@ -59,6 +60,7 @@ def cli():
 
 def main(argv=None):
     """Run the CLI; turn expected errors into one line and exit status 1."""
+    keep_freed_memory()  # freed tensors stay in the process for the next step (eanet.cpu_memory)
     try:
         status = cli.main(args=argv, prog_name="eanet", standalone_mode=False)
     except click.exceptions.Abort:
