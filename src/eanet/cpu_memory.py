@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import os
 import sys
+
+from eanet.switches import switched_off
 
 __all__ = ["keep_freed_memory", "MMAP_THRESHOLD", "TRIM_THRESHOLD"]
 
@@ -30,16 +31,14 @@ TRIM_THRESHOLD = 1024 * 1024 * 1024
 def keep_freed_memory() -> bool:
     """Set the two thresholds; True when glibc took both. A no-op (False) off glibc or with
     ``EANET_MALLOPT=0``."""
-    if os.environ.get("EANET_MALLOPT", "1").strip().lower() in ("0", "false", "no", "off"):
-        return False
-    if not sys.platform.startswith("linux"):
+    if switched_off("EANET_MALLOPT") or not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-        gnu_version = libc.gnu_get_libc_version  # glibc only: musl's mallopt does nothing
-    except (OSError, AttributeError):
+    except OSError:
         return False
-    del gnu_version
+    if not hasattr(libc, "gnu_get_libc_version"):  # glibc only: musl's mallopt does nothing
+        return False
+    mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))

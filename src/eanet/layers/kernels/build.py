@@ -9,23 +9,19 @@ If they cannot be built the layers use their PyTorch path; ``EANET_FUSED=0`` for
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 import warnings
 from pathlib import Path
 
 import torch
 
+from eanet.switches import switched_off
+
 __all__ = ["CSRC", "draw_seed", "empty_like", "fused_kernels_available", "switched_off"]
 
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 _STATE: dict = {"loaded": None}
 _LOCK = threading.Lock()
-
-
-def switched_off(variable: str) -> bool:
-    """The environment variable says 0 / false / no / off (``EANET_FUSED``, ``EANET_BF16_KERNELS``)."""
-    return os.environ.get(variable, "1") in ("0", "false", "no", "off")
 
 
 def _build_flags() -> list[str]:
