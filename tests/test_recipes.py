@@ -63,9 +63,9 @@ def _what_it_trains(config: dict) -> dict:
 
 
 def test_30min_recipe_is_the_configuration_of_its_reported_runs():
-    """README's `cifar100-30min` row is the three seeds in results/cifar100-30min-s{0,1,2}/: the recipe
+    """README's `cifar100-30min` row is the three seeds in results/cifar100-30min-m1-s{0,1,2}/: the recipe
     file must stay the configuration they trained with, field for field."""
-    recorded = sorted(RESULTS.glob("cifar100-30min-s[0-9]/config.yaml"))
+    recorded = sorted(RESULTS.glob("cifar100-30min-m1-s[0-9]/config.yaml"))
     assert len(recorded) == 3, "the three reported seeds' run folders"
     # the recipe as the trainer writes a run's config.yaml (yaml.safe_dump of TrainConfig.to_dict)
     recipe = _what_it_trains(yaml.safe_load(yaml.safe_dump(resolve_config("cifar100-30min").to_dict())))
@@ -74,11 +74,16 @@ def test_30min_recipe_is_the_configuration_of_its_reported_runs():
         assert _what_it_trains(yaml.safe_load(path.read_text())) == recipe, path.parent.name
 
 
-def test_30min_recipe_is_the_configuration_of_its_bf16_kernel_runs():
-    """The 30-minute runs with the bf16 kernels (results/cifar100-30min-bf16-kernels-s*/) trained the same
-    recipe: the comparison with the earlier seeds is of machine and kernels, not of configuration."""
-    recorded = sorted(RESULTS.glob("cifar100-30min-bf16-kernels-s[0-9]/config.yaml"))
-    assert recorded, "the reported bf16-kernel runs' folders"
+def test_30min_recipe_is_its_previous_version_plus_cutmix():
+    """The runs of the previous 30-minute recipe (results/earlier/*-l0/: three seeds before the bf16 kernels,
+    two with them) trained one configuration, and today's recipe is that configuration with CutMix on half
+    the batches: the README's comparison of the two rows is of CutMix (and machine and kernels), nothing else."""
+    earlier = sorted((RESULTS / "earlier").glob("cifar100-30min-*s[0-9]-l0/config.yaml"))
+    earlier = [p for p in earlier if "self" not in p.parent.name]
+    assert len(earlier) == 5, "the previous recipe's five external-attention runs"
+    configs = [_what_it_trains(yaml.safe_load(p.read_text())) for p in earlier]
+    assert all(c == configs[0] for c in configs), [p.parent.name for p in earlier]
     recipe = _what_it_trains(yaml.safe_load(yaml.safe_dump(resolve_config("cifar100-30min").to_dict())))
-    for path in recorded:
-        assert _what_it_trains(yaml.safe_load(path.read_text())) == recipe, path.parent.name
+    changed = {k for k in recipe.keys() | configs[0].keys() if recipe.get(k) != configs[0].get(k)}
+    assert changed == {"cutmix_alpha", "mix_prob"}
+    assert (recipe["cutmix_alpha"], recipe["mix_prob"]) == (1.0, 0.5)
