@@ -120,6 +120,15 @@ def test_resume_after_sigkill_gives_the_same_weights(tmp_path):
         assert torch.equal(a[name], b[name]), name
     assert (straight / "metrics.csv").read_text().count("\n") == (killed / "metrics.csv").read_text().count("\n")
 
+    # the card and results.json say how the run was trained: the command that started it, then the resume
+    start = json.loads((killed / "results.json").read_text())["commands"]
+    assert len(start) == 2 and start[0].startswith("eanet train ") and f"--out {killed}" in start[0]
+    assert start[1] == f"eanet train --resume {killed} --quiet"
+    card = (killed / "README.md").read_text()
+    assert f"Command: `{start[0]}`; stopped and continued once (`{start[1]}`)." in card
+    assert json.loads((straight / "results.json").read_text())["commands"] == [start[0].replace("killed", "straight")]
+    assert "continued" not in (straight / "README.md").read_text()
+
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, cache, monkeypatch):
     import eanet.train.trainer as trainer

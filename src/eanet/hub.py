@@ -156,13 +156,14 @@ def _what_it_is(model: nn.Module) -> str:
 
 def write_model_card(model_dir: str | Path, *, run_name: str, model: nn.Module, dataset: str, dataset_id: str,
                      test_metrics: dict, config: dict, parameters: int, command: str, epochs: int, steps: int,
-                     evaluation: str = "") -> Path:
+                     evaluation: str = "", continued: list[str] | tuple[str, ...] = ()) -> Path:
     """``README.md`` in the Hugging Face format, its ``model-index`` holding the measured test metrics.
 
     Accuracies are percentages rounded to two decimals, as the Keras example prints them; both are of
     metric type ``accuracy`` (named top-1 and top-5). ``dataset`` is the dataset's name as people write
     it, ``dataset_id`` eanet's name for it; ``evaluation`` says how the test split was evaluated (the
-    test-time augmentation).
+    test-time augmentation). ``command`` started the run; ``continued`` lists the commands that resumed it, in
+    order (a run stopped and continued with ``eanet train --resume``).
     """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -185,6 +186,12 @@ def write_model_card(model_dir: str | Path, *, run_name: str, model: nn.Module, 
     names = list(getattr(model, "class_names", None) or [])
     shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
     size = getattr(model, "img_size", 32)
+    if continued:
+        times = "once" if len(continued) == 1 else f"{len(continued)} times"
+        resumes = "; ".join(f"`{c}`" for c in dict.fromkeys(continued))
+        command_line = f"Command: `{command}`; stopped and continued {times} ({resumes})."
+    else:
+        command_line = f"Command: `{command}`"
     body = f"""
 # {run_name}
 
@@ -222,7 +229,7 @@ or `eanet predict path/to/this/folder image.png`.
 
 ## Training
 
-Command: `{command}`
+{command_line}
 
 | setting | value |
 |---|---|

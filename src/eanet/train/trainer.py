@@ -79,6 +79,7 @@ class Progress:
     sums: list = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])  # loss * n, top-1, top-5 hits, n
     epoch_seconds: float = 0.0
     elapsed: float = 0.0
+    commands: list = field(default_factory=list)  # the command lines that trained the run: the start, each resume
 
 
 def default_run_dir(cfg: TrainConfig, root: str | Path = "runs") -> Path:
@@ -151,6 +152,7 @@ class Trainer:
         if state is not None:
             self.restore(state)
         p = self.progress
+        p.commands.append(self.command or ("eanet train --resume RUN" if resume else "eanet train"))
         self.budget = self.make_budget(calibrated=state is not None)
         self.writer = None
         if info.is_main:
@@ -249,7 +251,9 @@ class Trainer:
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:
             raise EanetError(f"{self.folder.checkpoint_last} does not fit this run's model and optimizer: "
                              f"{one_line(exc)}") from None
-        self.progress = Progress(**{k: state[k] for k in Progress.__dataclass_fields__})
+        # a checkpoint written before the run's commands were kept starts their list with the first one known
+        self.progress = Progress(**{k: state[k] for k in Progress.__dataclass_fields__ if k != "commands"},
+                                 commands=list(state.get("commands", [])))
         torch.set_rng_state(state["rng_cpu"])
         if self.device.type == "cuda" and state.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
@@ -378,13 +382,14 @@ class Trainer:
                             tta=cfg.tta, coarse_labels=ds.test.coarse_labels, coarse_names=ds.coarse_classes)
             write_model_card(folder.path, run_name=folder.path.name, model=final, dataset=ds.display_name,
                              dataset_id=cfg.dataset, test_metrics=test, config=cfg.to_dict(), parameters=self.params,
-                             command=self.command or "eanet train", epochs=len(p.history), steps=p.global_step,
+                             command=p.commands[0], continued=p.commands[1:], epochs=len(p.history),
+                             steps=p.global_step,
                              evaluation=describe_tta(cfg.tta) if cfg.tta != "none" else "")
             summary = {"run_dir": str(folder), "model": self.model.variant, "registered_model": cfg.model,
                        "parameters": self.params, "epochs": len(p.history), "steps": p.global_step,
                        "train_seconds": round(p.elapsed, 1),
                        "test": {k: v for k, v in test.items() if k != "per_coarse"}}
-            folder.write_results({**summary, "test": test})
+            folder.write_results({**summary, "test": test, "commands": p.commands})
             self.writer.add_scalar("test/top1", test["top1"], p.global_step)
             self.writer.add_scalar("test/top5", test["top5"], p.global_step)
             self.writer.close()
