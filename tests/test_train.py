@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -173,3 +174,17 @@ def test_bad_options_give_one_line_errors(tmp_path):
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
     result = run_cli(["train", *TINY, "--set", "no_such_field=1"], tmp_path)
     assert result.returncode == 1 and "unknown field" in result.stderr
+
+
+def test_a_checkpoint_from_before_commands_were_kept_still_resumes(tmp_path, cache, capsys):
+    """Checkpoints written before the run's commands were kept lack ``commands``: resuming one works, and
+    the card starts from the first command known, the resume."""
+    run = tmp_path / "run"
+    main(["train", *TINY, "--epochs", "1", "--out", str(run), "--quiet"])
+    state = torch.load(run / "checkpoint-last.pt", weights_only=True)
+    given = ["train", *TINY, "--epochs", "1", "--out", str(run), "--quiet"]  # main()'s words, not pytest's
+    assert state.pop("commands") == ["eanet " + " ".join(shlex.quote(w) for w in given)]
+    torch.save(state, run / "checkpoint-last.pt")
+    main(["train", "--resume", str(run), "--quiet"])
+    commands = json.loads((run / "results.json").read_text())["commands"]
+    assert len(commands) == 1 and commands[0].endswith(f"--resume {run} --quiet")

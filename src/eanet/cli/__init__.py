@@ -62,7 +62,10 @@ def main(argv=None):
     """Run the CLI; turn expected errors into one line and exit status 1."""
     keep_freed_memory()  # freed tensors stay in the process for the next step (eanet.cpu_memory)
     try:
-        status = cli.main(args=argv, prog_name="eanet", standalone_mode=False)
+        # the words this run was given, for what a run records of its command line (sys.argv when called as
+        # a program; the list passed in when called from Python)
+        words = list(sys.argv[1:] if argv is None else argv)
+        status = cli.main(args=argv, prog_name="eanet", standalone_mode=False, obj={"argv": words})
     except click.exceptions.Abort:
         click.echo("error: interrupted", err=True)
         sys.exit(130)

@@ -140,5 +140,6 @@ def train_cmd(recipe, resume, sets, compile_, print_config, **options) -> None:
     from eanet.cli.progress import ConsoleReport
 
     report = ConsoleReport(cfg.log)
-    train(cfg, resume=resume, command=" ".join(["eanet"] + [shlex.quote(a) for a in sys.argv[1:]]), report=report,
+    words = (click.get_current_context().obj or {}).get("argv", sys.argv[1:])
+    train(cfg, resume=resume, command=" ".join(["eanet"] + [shlex.quote(a) for a in words]), report=report,
           progress=report.bars)
