@@ -62,13 +62,17 @@ def _what_it_trains(config: dict) -> dict:
     return config
 
 
+def _recipe_30min() -> dict:
+    """`cifar100-30min` as the trainer writes a run's config.yaml (yaml.safe_dump of TrainConfig.to_dict)."""
+    return _what_it_trains(yaml.safe_load(yaml.safe_dump(resolve_config("cifar100-30min").to_dict())))
+
+
 def test_30min_recipe_is_the_configuration_of_its_reported_runs():
     """README's `cifar100-30min` row is the three seeds in results/cifar100-30min-m1-s{0,1,2}/: the recipe
     file must stay the configuration they trained with, field for field."""
     recorded = sorted(RESULTS.glob("cifar100-30min-m1-s[0-9]/config.yaml"))
     assert len(recorded) == 3, "the three reported seeds' run folders"
-    # the recipe as the trainer writes a run's config.yaml (yaml.safe_dump of TrainConfig.to_dict)
-    recipe = _what_it_trains(yaml.safe_load(yaml.safe_dump(resolve_config("cifar100-30min").to_dict())))
+    recipe = _recipe_30min()
     assert recipe["epochs"] is None and recipe["warmup_fraction"] == 0.0625
     for path in recorded:
         assert _what_it_trains(yaml.safe_load(path.read_text())) == recipe, path.parent.name
@@ -83,7 +87,7 @@ def test_30min_recipe_is_its_previous_version_plus_cutmix():
     assert len(earlier) == 5, "the previous recipe's five external-attention runs"
     configs = [_what_it_trains(yaml.safe_load(p.read_text())) for p in earlier]
     assert all(c == configs[0] for c in configs), [p.parent.name for p in earlier]
-    recipe = _what_it_trains(yaml.safe_load(yaml.safe_dump(resolve_config("cifar100-30min").to_dict())))
+    recipe = _recipe_30min()
     changed = {k for k in recipe.keys() | configs[0].keys() if recipe.get(k) != configs[0].get(k)}
     assert changed == {"cutmix_alpha", "mix_prob"}
     assert (recipe["cutmix_alpha"], recipe["mix_prob"]) == (1.0, 0.5)

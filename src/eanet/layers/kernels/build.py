@@ -17,7 +17,7 @@ import torch
 
 from eanet.switches import switched_off
 
-__all__ = ["CSRC", "draw_seed", "empty_like", "fused_kernels_available", "switched_off"]
+__all__ = ["CSRC", "draw_seed", "empty_like", "fused_kernels_available"]
 
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 _STATE: dict = {"loaded": None}

@@ -26,7 +26,8 @@ import functools
 import torch
 from torch import nn
 
-from eanet.layers.kernels.build import fused_kernels_available, switched_off
+from eanet.layers.kernels.build import fused_kernels_available
+from eanet.switches import switched_off
 
 __all__ = ["bf16_kernels_available", "counting_flops", "exporting", "kernel_precision", "unobserved", "use_kernels"]
 
