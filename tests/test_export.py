@@ -63,15 +63,36 @@ def test_failed_export_leaves_no_file(tmp_path, monkeypatch):
     import eanet.export as export
 
     model = eanet.create_model("eanet_keras", depth=1, num_classes=3)
-    target = tmp_path / "model.onnx"
-    target.write_bytes(b"previous")
-    monkeypatch.setattr(export, "_export_to", lambda model, path, opset: path.write_bytes(b"half an onnx file"))
+    target = export_onnx(model, tmp_path / "model.onnx")  # an earlier export, which a new one may replace
+    previous = target.read_bytes()
+    monkeypatch.setattr(export, "_export_to", lambda model, path, opset: path.write_bytes(b""))  # an empty model
     with pytest.raises(EanetError, match="onnx.checker"):
         export_onnx(model, target)
-    assert target.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+    assert target.read_bytes() == previous and [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
     assert model.training  # the caller's mode is restored
     with pytest.raises(EanetError, match="opset"):
         export_onnx(model, target, opset=7)
+
+
+def test_only_an_onnx_file_eanet_exported_is_replaced(tmp_path):
+    from eanet.export import MARK, is_eanet_onnx
+
+    model = eanet.create_model("eanet_keras", depth=1, num_classes=3).eval()
+    ours = export_onnx(model, tmp_path / "ours.onnx")
+    assert is_eanet_onnx(ours)
+    proto = onnx.load(str(ours))  # the same graph without eanet's mark: somebody else's ONNX file
+    kept = [(p.key, p.value) for p in proto.metadata_props if (p.key, p.value) != MARK]
+    del proto.metadata_props[:]
+    for key, value in kept:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(tmp_path / "theirs.onnx"))
+    before = (tmp_path / "theirs.onnx").read_bytes()
+    assert not is_eanet_onnx(tmp_path / "theirs.onnx")
+    with pytest.raises(EanetError, match="eanet did not write it"):
+        export_onnx(model, tmp_path / "theirs.onnx")
+    assert (tmp_path / "theirs.onnx").read_bytes() == before
+    assert export_onnx(model, ours) == ours and is_eanet_onnx(ours)
 
 
 def test_cli_export(tmp_path, capsys):

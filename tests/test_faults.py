@@ -231,6 +231,73 @@ def test_out_refuses_a_folder_holding_a_run(finished, capsys):
     assert snapshot(finished) == before
 
 
+def _outputs(finished, tmp_path):
+    """Each command that writes files outside a run folder, with the file it writes."""
+    from PIL import Image
+
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (36, 30), (200, 40, 90)).save(image)
+    return {
+        "export": (["export", str(finished), "--onnx", str(tmp_path / "o" / "m.onnx")], tmp_path / "o" / "m.onnx"),
+        "compare": (["compare", str(finished), "--out", str(tmp_path / "c")], tmp_path / "c" / "compare.md"),
+        "attention": (["attention", str(finished), str(image), "--out", str(tmp_path / "a")],
+                      tmp_path / "a" / "photo-attention.png"),
+        "scaling": (["benchmark", "--scaling", "--tokens", "16", "--batch-size", "1", "--repeats", "1", "--warmup",
+                     "0", "--out", str(tmp_path / "s" / "scaling.png")], tmp_path / "s" / "scaling.png"),
+    }
+
+
+@pytest.mark.parametrize("command", ["export", "compare", "attention", "scaling"])
+def test_a_file_eanet_did_not_write_is_never_replaced(finished, tmp_path, capsys, command):
+    args, target = _outputs(finished, tmp_path)[command]
+    target.parent.mkdir()
+    target.write_text("the user's own file\n")
+    err = one_line_error(capsys, args)
+    assert f"{target} exists and eanet did not write it" in err
+    assert [p.name for p in target.parent.iterdir()] == [target.name]  # and nothing else was written
+    assert target.read_text() == "the user's own file\n"
+    target.unlink()
+    target.mkdir()  # a folder where the file would go
+    assert f"{target} is a folder" in one_line_error(capsys, args)
+
+
+@pytest.mark.parametrize("command", ["export", "compare", "attention", "scaling"])
+def test_what_eanet_wrote_it_may_write_again(finished, tmp_path, capsys, command):
+    from eanet.export import is_eanet_onnx
+    from eanet.fileio import is_eanet_png
+
+    args, target = _outputs(finished, tmp_path)[command]
+    for _ in range(2):
+        main(args)
+        assert target.is_file()
+        target.parent.joinpath("extra.txt").write_text("kept\n")  # the folder's other files are left alone
+    if command == "export":
+        assert is_eanet_onnx(target)
+    else:
+        assert is_eanet_png(target.with_name("compare.png") if command == "compare" else target)
+    assert target.parent.joinpath("extra.txt").read_text() == "kept\n"
+    capsys.readouterr()
+
+
+def test_a_plot_eanet_did_not_draw_is_not_taken_for_its_own(finished, tmp_path):
+    from PIL import Image
+
+    from eanet.fileio import is_eanet_png
+
+    assert is_eanet_png(finished / "curves.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "other.png")
+    (tmp_path / "text.png").write_text("not a png")
+    assert not is_eanet_png(tmp_path / "other.png") and not is_eanet_png(tmp_path / "text.png")
+    assert not is_eanet_png(tmp_path / "missing.png")
+
+
+def test_an_out_that_is_a_file_is_named(finished, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine\n")
+    for args in (["compare", str(finished)], ["attention", str(finished), str(tmp_path / "notes.txt")]):
+        assert "is a file, not a folder" in one_line_error(capsys, [*args, "--out", str(tmp_path / "notes.txt")])
+    assert (tmp_path / "notes.txt").read_text() == "mine\n"
+
+
 def test_two_writers_on_one_folder(tmp_path):
     run = tmp_path / "run"
     args = ["train", *TINY, "--epochs", "40", "--out", str(run), "--quiet"]

@@ -14,7 +14,9 @@ below 18 (for an older runtime) therefore goes through the TorchScript exporter 
 ``scaled_dot_product_attention``, which the ViT baseline uses).
 
 The file is written under a temporary name in the target folder, checked, and only then renamed
-into place, so a failed export never leaves a partial or unverified file behind. The check runs
+into place, so a failed export never leaves a partial or unverified file behind. It carries the
+metadata entry ``producer = eanet`` (:data:`MARK`); an existing file at the target is replaced only
+when it carries it too, so a file eanet did not write is never overwritten. The check runs
 ONNX Runtime on a batch of a different size than the export example, which proves the batch
 dimension really is dynamic, and compares the logits with PyTorch's.
 """
@@ -35,9 +37,10 @@ from torch import nn
 
 from eanet.errors import EanetError
 from eanet.extras import EXTRAS, require
-from eanet.fileio import temp_path
+from eanet.fileio import check_overwrite, temp_path
 
-__all__ = ["export_onnx", "export_and_check", "check_onnx", "MIN_OPSET", "MAX_OPSET", "INPUT_NAME", "OUTPUT_NAME"]
+__all__ = ["export_onnx", "export_and_check", "check_onnx", "is_eanet_onnx", "MARK", "MIN_OPSET", "MAX_OPSET",
+           "INPUT_NAME", "OUTPUT_NAME"]
 
 INPUT_NAME, OUTPUT_NAME = "pixels", "logits"
 MIN_OPSET = 14  # scaled_dot_product_attention (the ViT baseline) needs 14 in the TorchScript exporter
@@ -46,6 +49,7 @@ DYNAMO_MIN_OPSET = 18  # the oldest opset the dynamo exporter implements
 EXAMPLE_BATCH = 2  # export example; 0 and 1 would be specialised by torch.export
 CHECK_BATCH = 3  # ONNX Runtime check: a different size than the example
 RTOL = 1e-4  # allowed |ONNX - PyTorch| relative to the largest |logit| (floor 1)
+MARK = ("producer", "eanet")  # a metadata_props entry of every file eanet exports
 
 
 def _input_shape(model: nn.Module) -> tuple[int, int, int]:
@@ -88,6 +92,24 @@ def _export_to(model: nn.Module, path: Path, opset: int | None) -> None:
     else:
         torch.onnx.export(model, example, str(path), dynamo=False, opset_version=opset,
                           dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, **names)
+
+
+def _mark(path: Path) -> None:
+    onnx = require("onnx", extra="onnx", what="ONNX export")
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = MARK
+    onnx.save(proto, str(path))
+
+
+def is_eanet_onnx(path: str | Path) -> bool:
+    """Whether ``path`` is an ONNX file eanet exported (it carries :data:`MARK` in its metadata)."""
+    onnx = require("onnx", extra="onnx", what="ONNX export")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not protobuf, not ONNX, unreadable
+        return False
+    return any((p.key, p.value) == MARK for p in proto.metadata_props)
 
 
 def check_onnx(path: str | Path, model: nn.Module, *, batch_size: int = CHECK_BATCH, seed: int = 1) -> float:
@@ -149,8 +171,7 @@ def export_and_check(model: nn.Module, path: str | Path, *, opset: int | None = 
     path = Path(path)
     if opset is not None and not MIN_OPSET <= opset <= MAX_OPSET:
         raise EanetError(f"opset {opset} is not supported: choose {MIN_OPSET} to {MAX_OPSET}")
-    if path.is_dir():
-        raise EanetError(f"{path} is a directory: give the .onnx file to write")
+    check_overwrite(path, is_eanet_onnx, hint="give --onnx another file")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)  # unique, and removed by the next writer if this process is killed
     was_training = model.training
@@ -159,6 +180,7 @@ def export_and_check(model: nn.Module, path: str | Path, *, opset: int | None = 
         try:
             with _quiet():
                 _export_to(model, tmp, opset)
+                _mark(tmp)
         except Exception as exc:
             raise EanetError(f"ONNX export failed: {_first_line(exc)}") from None
         diff = _check(tmp, model, batch_size=CHECK_BATCH, seed=1, label=str(path))

@@ -6,6 +6,10 @@ into place. The temporary file is created with mode 0666 minus the process umask
 ``open()`` creates, so a run folder is readable by whoever the umask lets read it (0644 under the
 usual umask 022). A writer killed with ``kill -9`` can leave a ``.*.tmp`` file behind; whoever next
 owns the folder removes it (:func:`remove_leftovers`).
+
+A file eanet did not write is never replaced: a command about to write a file that already exists
+asks :func:`check_overwrite`, with a test of whether the file is eanet's own (a PNG carrying
+:data:`PNG_METADATA`, an ONNX file with eanet's metadata entry, a folder holding eanet's marker).
 """
 
 from __future__ import annotations
@@ -16,10 +20,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["TMP_SUFFIX", "atomic_write", "atomic_write_bytes", "atomic_write_text", "current_umask", "remove_leftovers",
-           "temp_path"]
+from eanet.errors import EanetError
+
+__all__ = ["PNG_METADATA", "TMP_SUFFIX", "atomic_write", "atomic_write_bytes", "atomic_write_text", "check_overwrite",
+           "current_umask", "is_eanet_png", "remove_leftovers", "temp_path"]
 
 TMP_SUFFIX = ".tmp"
+PNG_METADATA = {"Software": "eanet"}  # a tEXt chunk in every PNG eanet draws: how it knows its own plots
 
 
 def temp_path(path: str | Path) -> Path:
@@ -74,3 +81,27 @@ def remove_leftovers(folder: str | Path) -> list[Path]:
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
+
+
+def is_eanet_png(path: str | Path) -> bool:
+    """Whether ``path`` is a PNG that eanet drew (it carries :data:`PNG_METADATA`)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.format == "PNG" and all(image.info.get(k) == v for k, v in PNG_METADATA.items())
+    except (OSError, UnidentifiedImageError, ValueError):
+        return False
+
+
+def check_overwrite(path: str | Path, ours: Callable[[Path], bool], *, hint: str = "give another name") -> None:
+    """Refuse, with one line, to write ``path`` over a file eanet did not write.
+
+    Nothing to check when ``path`` does not exist; a folder is refused; an existing file is replaced only
+    when ``ours(path)`` says eanet wrote it.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise EanetError(f"{path} is a folder: {hint}")
+    if path.exists() and not ours(path):
+        raise EanetError(f"{path} exists and eanet did not write it: eanet does not overwrite it; {hint}")

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
-from eanet.fileio import atomic_write  # noqa: E402
+from eanet.fileio import PNG_METADATA, atomic_write  # noqa: E402
 
 __all__ = ["plot_attention", "plot_comparison", "plot_curves"]
 
@@ -39,7 +39,7 @@ def _save(fig, path: Path) -> None:
             ax.legend(fontsize=8)
     fig.tight_layout()
     try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, metadata=PNG_METADATA))
     finally:
         plt.close(fig)
 
@@ -114,6 +114,6 @@ def plot_attention(image, maps, path: Path, *, title: str = "", blocks: Sequence
         axes[row][0].set_ylabel(f"block {b + 1}", fontsize=9)
     fig.tight_layout()
     try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100, metadata=PNG_METADATA))
     finally:
         plt.close(fig)

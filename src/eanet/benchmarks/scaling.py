@@ -32,6 +32,7 @@ import torch
 
 from eanet.benchmarks.model_speed import _sync, peak_memory_bytes, quiet_stderr, resolve_device, set_threads
 from eanet.errors import EanetError
+from eanet.fileio import PNG_METADATA, atomic_write
 
 __all__ = ["DEFAULT_TOKENS", "benchmark_scaling", "format_table", "per_token_spread", "plot_scaling"]
 
@@ -268,8 +269,10 @@ def plot_scaling(rows: Sequence[dict], path, *, title: str | None = None) -> Non
     batch = rows[0]["batch_size"] if rows else "?"
     fig.suptitle(title or f"External vs self-attention, d=64, batch {batch}: cost against tokens")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120, metadata=PNG_METADATA))
+    finally:
+        plt.close(fig)
 
 
 def per_token_spread(rows: Sequence[dict], kind: str) -> float | None:

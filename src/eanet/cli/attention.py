@@ -41,6 +41,7 @@ def attention_cmd(model_dir: str, images: tuple[Path, ...], out: Path, blocks: s
     """
     import torch
 
+    from eanet.fileio import check_overwrite, is_eanet_png
     from eanet.hub import load_model
     from eanet.plots import plot_attention
     from eanet.predict import class_names, load_image
@@ -50,9 +51,10 @@ def attention_cmd(model_dir: str, images: tuple[Path, ...], out: Path, blocks: s
     targets = [out / f"{path.stem}-attention.png" for path in images]
     if len(set(targets)) != len(targets):
         raise EanetError("two images share a file name; give them different names")
-    for target in targets:
-        if target.exists():
-            raise EanetError(f"{target} exists: eanet does not overwrite it; give --out another folder")
+    if out.exists() and not out.is_dir():
+        raise EanetError(f"--out {out} is a file, not a folder")
+    for target in targets:  # eanet's own maps are redrawn; any other file stays as it is
+        check_overwrite(target, is_eanet_png, hint="give --out another folder")
     names = class_names(model, model.num_classes)
     for path, target in zip(images, targets, strict=True):
         pixels = load_image(path, model.img_size, channels=model.in_chans)

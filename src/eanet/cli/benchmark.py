@@ -155,7 +155,9 @@ def _data_path(data_dir, policy, batch_size, steps, repeats, device, threads, as
 def _scaling(tokens, batch_size, threads, device, warmup, repeats, seed, measure_memory, dropout, memory_limit,
              out, as_json, progress):
     from eanet.benchmarks.scaling import benchmark_scaling, format_table, per_token_spread, plot_scaling
+    from eanet.fileio import check_overwrite, is_eanet_png
 
+    check_overwrite(out, is_eanet_png, hint="give --out another file")  # before the measurements, not after
     rows = benchmark_scaling(
         tokens=_tokens(tokens), batch_size=batch_size, threads=threads, device=device, warmup=warmup,
         repeats=repeats, seed=seed, memory=measure_memory, dropout=dropout,

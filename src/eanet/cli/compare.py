@@ -8,8 +8,20 @@ from pathlib import Path
 
 import click
 
-from eanet.fileio import atomic_write_text
+from eanet.errors import EanetError
+from eanet.fileio import atomic_write_text, check_overwrite
 from eanet.run_folder import RunFolder
+
+MARKER = ".eanet-compare"  # in a folder eanet wrote a comparison into: its compare.* files may be replaced
+OUTPUTS = ("compare.md", "compare.json", "compare.png")
+
+
+def check_out(out: Path) -> None:
+    """``--out`` must be a folder whose compare.* files, if any, eanet wrote (it holds :data:`MARKER`)."""
+    if out.exists() and not out.is_dir():
+        raise EanetError(f"--out {out} is a file, not a folder")
+    for name in OUTPUTS:
+        check_overwrite(out / name, lambda _: (out / MARKER).is_file(), hint="give --out another folder")
 
 
 def read_run(run_dir: Path) -> dict:
@@ -99,6 +111,7 @@ def compare_cmd(runs, models, recipe, sets, out, quiet, **options) -> None:
     """Compare finished RUNS, or train each of --models with one recipe and compare them."""
     from eanet.plots import plot_comparison
 
+    check_out(out)  # before any training
     if not runs:
         from eanet.cli.progress import ConsoleReport
         from eanet.cli.train import _parse_sets
@@ -116,6 +129,7 @@ def compare_cmd(runs, models, recipe, sets, out, quiet, **options) -> None:
                               progress=report.bars).run_dir)
     rows = [read_run(Path(r)) for r in runs]
     out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / MARKER, "eanet compare\n")
     text = table(rows)
     groups = seed_groups(rows)
     if groups:
