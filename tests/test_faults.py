@@ -78,6 +78,8 @@ def copy_of(run: Path, dst: Path) -> Path:
     (["--set", "eval_batch_size=0"], "eval_batch_size must be in [1, 1e+06], got 0"),
     (["--set", "batch_size=2.5"], "batch_size must be an integer, got 2.5"),
     (["--set", "seed=-1"], "seed must be in [0,"),
+    (["--lr", "nan"], "lr must be in (0, 100], got nan"),
+    (["--set", "model_args.drop_path=.nan"], "drop_path must be in [0, 0.99], got nan"),
     (["--model", "bogus"], "unknown model 'bogus'"),
     (["--device", "tpu"], "unknown device 'tpu': expected auto, cpu, cuda, cuda:N or mps"),
     (["--set", "augment=bogus"], "unknown augmentation policy 'bogus'"),
@@ -96,6 +98,22 @@ def test_bad_values_are_refused_before_loading_data(tmp_path, cache, capsys, mon
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_nan_is_refused_in_every_number_field():
+    import dataclasses
+    import typing
+
+    from eanet.errors import EanetError
+    from eanet.train.config import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    fields = [f.name for f in dataclasses.fields(TrainConfig) if "float" in str(hints[f.name])]
+    assert len(fields) > 10
+    for name in fields:
+        value = [float("nan"), 0.9] if name == "betas" else float("nan")
+        with pytest.raises(EanetError, match=f"{name} must be"):
+            TrainConfig.from_dict({name: value})
+
+
 def test_cuda_without_cuda_is_one_line(tmp_path, cache, capsys):
     assert "sees no CUDA GPU" in one_line_error(capsys, ["train", "--dataset", "synthetic", "--device", "cuda"])
 

@@ -95,7 +95,8 @@ def check_range(where: str, name: str, value, *, low=None, high=None, low_open: 
     """Refuse a number outside ``[low, high]`` (open ends as asked), naming the field and what is allowed."""
     if value is None:
         return
-    too_low = low is not None and (value <= low if low_open else value < low)
+    # NaN compares false with everything, so it would slip past both bounds: it is out of any range
+    too_low = value != value or (low is not None and (value <= low if low_open else value < low))
     too_high = high is not None and (value >= high if high_open else value > high)
     if too_low or too_high:
         if low is not None and high is not None:
