@@ -1,5 +1,8 @@
 """The external attention module on its own, and its self-attention counterpart."""
 
+import re
+
+import numpy as np
 import pytest
 import torch
 
@@ -120,3 +123,29 @@ def test_external_attention_cost_is_linear_in_tokens():
             layer(torch.randn(1, n, 64))
         flops.append(counter.get_total_flops())
     assert flops[1] == 4 * flops[0]
+
+
+@pytest.mark.parametrize(("build", "message"), [
+    (lambda: ExternalAttention(0), "dim must be a positive integer, got 0"),
+    (lambda: ExternalAttention(64, memory_size=0), "memory_size must be a positive integer"),
+    (lambda: ExternalAttention(64.0), "dim must be a positive integer, got 64.0"),
+    (lambda: ExternalAttention(2, expansion=4, num_heads=2), "leaves no memory units"),
+    (lambda: ExternalAttention(64, num_heads=5), "must be divisible by num_heads"),
+    (lambda: SelfAttention(2, num_heads=4), "give head_dim"),
+    (lambda: SelfAttention(64, num_heads=True), "num_heads must be a positive integer"),
+])
+def test_sizes_that_build_no_module_are_refused_by_name(build, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build()
+    ExternalAttention(np.int64(16), num_heads=np.int64(4), memory_size=np.int64(8))  # numpy integers are integers
+
+
+@pytest.mark.parametrize("module", [ExternalAttention(32, num_heads=4), SelfAttention(32, num_heads=4)])
+def test_inputs_of_the_wrong_width_are_named_before_any_kernel_runs(module):
+    with pytest.raises(ValueError, match=r"C = 32.*\(2, 10, 16\)"):
+        module(torch.randn(2, 10, 16))
+    with pytest.raises(ValueError, match=r"\(10, 32\)"):
+        module(torch.randn(10, 32))
+    if isinstance(module, ExternalAttention):
+        with pytest.raises(ValueError, match=r"C = 32 channels, got shape \(2, 16, 4, 4\)"):
+            module(torch.randn(2, 16, 4, 4))

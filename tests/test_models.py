@@ -49,6 +49,8 @@ def test_uniform_api(name):
     assert model(images).shape == (3, 7)
     model.reset_classifier(0)
     assert model(images).shape == (3, model.embed_dim)
+    with pytest.raises(ValueError, match="num_classes must be an integer >= 0"):
+        model.reset_classifier(-1)
 
 
 def test_overrides_and_conv_stem():

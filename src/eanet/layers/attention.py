@@ -17,6 +17,8 @@ O(d * S * N): linear in the number of tokens, against O(d * N^2) for self-attent
 
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,6 +26,19 @@ from torch import nn
 from eanet.layers.kernels import FastDropout, composed_memories, external_attention, self_attention, unobserved
 
 __all__ = ["ExternalAttention", "SelfAttention", "double_normalize"]
+
+
+def _check_sizes(module: str, **sizes: int | None) -> None:
+    """Refuse a size that is not a positive integer, naming the module and the argument."""
+    for name, value in sizes.items():
+        if value is None:
+            continue
+        try:
+            ok = not isinstance(value, bool) and operator.index(value) >= 1  # ints, numpy ints, 0-d int tensors
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{module}: {name} must be a positive integer, got {value!r}")
 
 
 def double_normalize(logits: torch.Tensor, *, token_dim: int, eps: float = 1e-9) -> torch.Tensor:
@@ -95,12 +110,16 @@ class ExternalAttention(nn.Module):
         composed: bool | None = None,
     ):
         super().__init__()
+        _check_sizes("ExternalAttention", dim=dim, expansion=expansion, num_heads=num_heads, memory_size=memory_size)
         inner = dim * expansion
         if inner % num_heads:
             raise ValueError(f"dim * expansion ({inner}) must be divisible by num_heads ({num_heads})")
         self.dim, self.num_heads, self.eps = dim, num_heads, eps
         self.head_dim = inner // num_heads
         self.memory_size = memory_size if memory_size is not None else dim // expansion
+        if self.memory_size < 1:
+            raise ValueError(f"ExternalAttention: dim // expansion ({dim} // {expansion}) leaves no memory units: "
+                             "give memory_size")
         self.expand = nn.Linear(dim, inner)
         self.memory_k = nn.Linear(self.head_dim, self.memory_size, bias=memory_bias)  # M_k
         self.memory_v = nn.Linear(self.memory_size, self.head_dim, bias=memory_bias)  # M_v
@@ -118,11 +137,14 @@ class ExternalAttention(nn.Module):
         ``(B, N, num_heads, S)`` after the double normalisation, before dropout (from the reference forward).
         """
         feature_map = x.dim() == 4
+        if x.shape[1 if feature_map else -1] != self.dim and x.dim() in (3, 4):
+            raise ValueError(f"ExternalAttention: expected C = {self.dim} channels, got shape {tuple(x.shape)}")
         if feature_map:
             b, c, h, w = x.shape
             x = x.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, N, C)
         elif x.dim() != 3:
-            raise ValueError(f"expected (B, N, C) tokens or a (B, C, H, W) map, got shape {tuple(x.shape)}")
+            raise ValueError(f"ExternalAttention: expected (B, N, C) tokens or a (B, C, H, W) map, got shape "
+                             f"{tuple(x.shape)}")
         if return_attention or not unobserved(self):  # eanet.layers.kernels.gate decides
             out, attn = self.reference_forward(x)
         else:
@@ -200,8 +222,11 @@ class SelfAttention(nn.Module):
         proj_drop: float = 0.0,
     ):
         super().__init__()
+        _check_sizes("SelfAttention", dim=dim, num_heads=num_heads, head_dim=head_dim)
         self.num_heads = num_heads
         self.head_dim = head_dim if head_dim is not None else dim // num_heads
+        if self.head_dim < 1:
+            raise ValueError(f"SelfAttention: dim // num_heads ({dim} // {num_heads}) is 0: give head_dim")
         inner = num_heads * self.head_dim
         self.qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias)
         self.attn_drop = attn_drop
@@ -227,6 +252,9 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, *, return_attention: bool = False):
         """``x``: tokens ``(B, N, C)``. With ``return_attention=True`` also the ``(B, heads, N, N)``
         probabilities (computed explicitly, so only for inspection)."""
+        if x.dim() != 3 or x.shape[-1] != self.qkv.in_features:
+            raise ValueError(f"SelfAttention: expected (B, N, C) tokens with C = {self.qkv.in_features}, got shape "
+                             f"{tuple(x.shape)}")
         batch, tokens, _ = x.shape
         drop = self.attn_drop if self.training else 0.0
         qkv = self.qkv(x)  # (B, N, 3 * heads * head_dim): q, k, v side by side

@@ -258,6 +258,8 @@ class EANet(
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the head with a fresh one for ``num_classes`` (0 gives an identity: features out)."""
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"num_classes must be an integer >= 0 (0: no head), got {num_classes!r}")
         self.num_classes = num_classes
         self.class_names = None
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
