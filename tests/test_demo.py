@@ -133,3 +133,20 @@ def test_a_browser_uploads_an_image_and_reads_the_top5(server, tmp_path):
         assert shot.stat().st_size > 10_000
     finally:
         browser.quit()
+
+
+def test_a_taken_port_is_one_line(tmp_path, capsys):
+    from eanet.cli import main
+
+    eanet.create_model("eanet_keras", depth=1, num_classes=3).save_pretrained(tmp_path / "model")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as info:
+            main(["serve", str(tmp_path / "model"), "--port", str(port)])
+    assert info.value.code == 1
+    captured = capsys.readouterr()
+    assert captured.err.strip() == f"error: cannot listen on 127.0.0.1:{port}: Address already in use; " \
+                                   "give --port or --host another value"
+    assert captured.out == ""  # nothing claims to be serving

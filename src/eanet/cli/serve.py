@@ -2,7 +2,24 @@
 
 from __future__ import annotations
 
+import socket
+
 import click
+
+from eanet.errors import EanetError
+
+
+def _check_free(host: str, port: int) -> None:
+    """Refuse a host:port nothing can listen on (taken, not this machine's, not an address) before the app loads."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise EanetError(f"cannot listen on {host}:{port}: {reason}; give --port or --host another value") from None
 
 
 @click.command("serve")
@@ -21,9 +38,13 @@ def serve_cmd(model: str, host: str, port: int, revision: str | None, examples: 
     from eanet.demo import MAX_FILE_SIZE, build_app, model_info
     from eanet.hub import load_model, resolve_model
 
+    _check_free(host, port)
     folder = resolve_model(model, revision=revision)
     net = load_model(folder)
     app = build_app(net, info=model_info(net, folder), examples=list(examples) or None)
     click.echo(f"serving {net.variant or model} on http://{host}:{port} (Ctrl-C stops)")
-    app.queue(default_concurrency_limit=2).launch(server_name=host, server_port=port, max_file_size=MAX_FILE_SIZE,
-                                                  quiet=True, show_error=True)
+    try:
+        app.queue(default_concurrency_limit=2).launch(server_name=host, server_port=port,
+                                                      max_file_size=MAX_FILE_SIZE, quiet=True, show_error=True)
+    except OSError as exc:  # taken between the check and the launch
+        raise EanetError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; give --port another value") from None
