@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import shlex
 import signal
 import subprocess
@@ -129,6 +130,39 @@ def test_resume_after_sigkill_gives_the_same_weights(tmp_path):
     assert f"Command: `{start[0]}`; stopped and continued once (`{start[1]}`)." in card
     assert json.loads((straight / "results.json").read_text())["commands"] == [start[0].replace("killed", "straight")]
     assert "continued" not in (straight / "README.md").read_text()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_stops_at_the_next_step_with_a_checkpoint_there(tmp_path, sig):
+    args = [*TINY, "--epochs", "6", "--jsonl"]
+    straight = tmp_path / "straight"
+    assert run_cli(["train", *args, "--out", str(straight)], tmp_path).returncode == 0
+
+    stopped = tmp_path / "stopped"
+    proc = subprocess.Popen([sys.executable, "-m", "eanet", "train", *args, "--out", str(stopped)],
+                            env=env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()  # the first epoch's line: the second epoch is under way
+    assert json.loads(first)["epoch"] == 1
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + sig, err
+    name = signal.Signals(sig).name
+    line = err.strip().splitlines()[-1]
+    match = re.fullmatch(rf"error: stopped by {name} (in epoch (\d+) at step (\d+) of \d+|after epoch (\d+)), "
+                         rf"with a checkpoint there: continue with `eanet train --resume {re.escape(str(stopped))}`",
+                         line)
+    assert match, line
+    state = load_checkpoint(stopped / "checkpoint-last.pt")
+    if match.group(2):  # inside an epoch: the checkpoint is at that very step
+        assert (state["epoch"] + 1, state["step_in_epoch"]) == (int(match.group(2)), int(match.group(3)))
+    else:
+        assert (state["epoch"], state["step_in_epoch"]) == (int(match.group(4)), 0)
+    assert not (stopped / "model.safetensors").exists()
+
+    resumed = run_cli(["train", "--resume", str(stopped), "--quiet"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = weights(straight), weights(stopped)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, cache, monkeypatch):

@@ -9,6 +9,14 @@ class EanetError(Exception):
     """
 
 
+class Interrupted(EanetError):
+    """A run stopped by a signal after saving where it was; the CLI exits with 128 + ``signum``."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
 class DataError(EanetError):
     """A dataset that is missing, fails verification, or cannot be read."""
 

@@ -15,7 +15,7 @@ import sys
 import click
 
 from eanet.cpu_memory import keep_freed_memory
-from eanet.errors import EanetError, one_line
+from eanet.errors import EanetError, Interrupted, one_line
 
 # (module, attribute) of every sub-command; imported lazily so `eanet --help` stays fast.
 COMMANDS = {
@@ -72,6 +72,9 @@ def main(argv=None):
     except click.ClickException as exc:  # a bad flag or value: one line too (`eanet CMD -h` shows the usage)
         click.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
         sys.exit(exc.exit_code)
+    except Interrupted as exc:  # a run stopped by Ctrl-C or SIGTERM, saved where it stopped
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(128 + exc.signum)
     except EanetError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)

@@ -125,8 +125,11 @@ def compare_cmd(runs, models, recipe, sets, out, quiet, **options) -> None:
             run_overrides = {**overrides, "model": name, "out": str(out / name), "log": "quiet" if quiet else None}
             cfg = resolve_config(recipe or "keras-example", sets=set_values, **run_overrides)
             report = ConsoleReport(cfg.log)
-            runs.append(train(cfg, command=f"eanet compare --models {models}", report=report,
-                              progress=report.bars).run_dir)
+            try:
+                runs.append(train(cfg, command=f"eanet compare --models {models}", report=report,
+                                  progress=report.bars).run_dir)
+            finally:
+                report.close()
     rows = [read_run(Path(r)) for r in runs]
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / MARKER, "eanet compare\n")

@@ -42,6 +42,12 @@ class ConsoleReport:
         elif self.mode == "progress":
             getattr(self, f"_{kind}", lambda payload: None)(payload)
 
+    def close(self) -> None:
+        """Clear an epoch's bar left open by a run that stopped inside the epoch (before its error line)."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
     def _info(self, text: str) -> None:
         tqdm.write(text, file=sys.stderr)
 

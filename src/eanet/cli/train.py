@@ -141,5 +141,8 @@ def train_cmd(recipe, resume, sets, compile_, print_config, **options) -> None:
 
     report = ConsoleReport(cfg.log)
     words = (click.get_current_context().obj or {}).get("argv", sys.argv[1:])
-    train(cfg, resume=resume, command=" ".join(["eanet"] + [shlex.quote(a) for a in words]), report=report,
-          progress=report.bars)
+    try:
+        train(cfg, resume=resume, command=" ".join(["eanet"] + [shlex.quote(a) for a in words]), report=report,
+              progress=report.bars)
+    finally:
+        report.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -27,7 +28,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from eanet.augment import build_augmentation
 from eanet.data import DeviceLoader, load_dataset
 from eanet.devices import resolve_device
-from eanet.errors import EanetError, one_line
+from eanet.errors import EanetError, Interrupted, one_line
 from eanet.evaluate import TTA_VIEWS, describe_tta, evaluate, soft_cross_entropy, topk_correct
 from eanet.hub import save_model, write_model_card
 from eanet.models import create_model
@@ -49,6 +50,7 @@ from eanet.train.distributed import (
 )
 from eanet.train.resolution import ResolutionSchedule, resize_batch, time_forward_backward
 from eanet.train.schedule import learning_rate
+from eanet.train.stopping import StopRequest
 
 __all__ = ["CSV_COLUMNS", "Report", "RunResult", "default_run_dir", "train"]
 
@@ -171,18 +173,26 @@ class Trainer:
             self.report("resume", {"run_dir": str(folder), "epoch": p.epoch + 1, "step": p.step_in_epoch,
                                    "steps_per_epoch": self.steps_per_epoch})
 
-        # ---- the epochs
+        # ---- the epochs (Ctrl-C or SIGTERM: stop at the next step, saved there; eanet.train.stopping)
         self.run_start, self.lr = time.perf_counter() - p.elapsed, cfg.lr
         stop = False
-        while p.epoch * self.steps_per_epoch < p.total_steps and not stop:
-            epoch_start, first_step = time.perf_counter(), p.global_step
-            stop = self.train_epoch()
-            self.end_epoch()
-            if self.budget is not None and not stop:
-                fitted = self.budget.after_epoch(first_step, p.global_step, time.perf_counter() - epoch_start,
-                                                 time.perf_counter() - self.run_start, p.total_steps)
-                p.total_steps = fitted or p.total_steps
+        with StopRequest() as self.stop_request:
+            while p.epoch * self.steps_per_epoch < p.total_steps and not stop:
+                epoch_start, first_step = time.perf_counter(), p.global_step
+                stop = self.train_epoch()
+                self.end_epoch()
+                if stop == "signal":
+                    raise self.interrupted(f"after epoch {p.epoch}")
+                if self.budget is not None and not stop:
+                    fitted = self.budget.after_epoch(first_step, p.global_step, time.perf_counter() - epoch_start,
+                                                     time.perf_counter() - self.run_start, p.total_steps)
+                    p.total_steps = fitted or p.total_steps
         return self.finish()
+
+    def interrupted(self, where: str) -> Interrupted:
+        signum = self.stop_request.signum or signal.SIGTERM  # another process of the run may have had it
+        return Interrupted(f"stopped by {signal.Signals(signum).name} {where}, with a checkpoint there: continue "
+                           f"with `eanet train --resume {self.folder}`", signum)
 
     def setup_data(self) -> None:
         cfg, info = self.cfg, self.info
@@ -267,8 +277,9 @@ class Trainer:
             "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         })
 
-    # ---- one epoch of optimizer steps; True when the run must stop (time budget, --max-steps)
-    def train_epoch(self) -> bool:
+    # ---- one epoch of optimizer steps; True when the run must stop (time budget, --max-steps), "signal" when a
+    # signal asked it to at the epoch's last step (a signal earlier in the epoch raises Interrupted here)
+    def train_epoch(self) -> bool | str:
         cfg, p, model, optimizer = self.cfg, self.progress, self.model, self.optimizer
         model.train()
         epoch_steps = min(self.steps_per_epoch, p.total_steps - p.epoch * self.steps_per_epoch)
@@ -306,8 +317,9 @@ class Trainer:
             # running metrics of the epoch (summed over processes)
             top1, top5 = topk_correct(logits.detach(), labels)
             n = len(labels)
-            sums = all_reduce_sum([loss.item() * n, float(top1.sum()), float(top5.sum()), float(n)],
-                                  self.info, self.device)
+            asked = 1.0 if self.stop_request.signum is not None else 0.0  # summed, so every process agrees
+            *sums, asked = all_reduce_sum([loss.item() * n, float(top1.sum()), float(top5.sum()), float(n), asked],
+                                          self.info, self.device)
             p.sums = [a + b for a, b in zip(p.sums, sums, strict=True)]
             now = time.perf_counter()
             p.epoch_seconds += now - tick
@@ -328,6 +340,13 @@ class Trainer:
                     return True  # finish now, leave the tail of the schedule unused
             if cfg.max_steps and p.global_step >= cfg.max_steps:
                 return True
+            if asked:
+                if step + 1 == epoch_steps:
+                    return "signal"  # the epoch's end writes the checkpoint
+                p.step_in_epoch = step + 1
+                if self.info.is_main:
+                    self.checkpoint("checkpoint-last.pt")
+                raise self.interrupted(f"in epoch {p.epoch + 1} at step {step + 1} of {epoch_steps}")
             if self.info.is_main and now - last_checkpoint >= cfg.checkpoint_seconds and step + 1 < epoch_steps:
                 p.step_in_epoch = step + 1
                 self.checkpoint("checkpoint-last.pt")
