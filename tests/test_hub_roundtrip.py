@@ -139,3 +139,16 @@ def test_a_space_push_adds_the_app_and_the_front_matter(run, capsys, monkeypatch
     assert front["sdk"] == "gradio" and front["app_file"] == "app.py" and front["model-index"]
     assert b"eanet.load_model(\".\")" in commit["files"]["app.py"]
     compile(commit["files"]["app.py"], "app.py", "exec")
+
+
+def test_a_space_push_of_a_card_that_is_not_text_is_one_line(run, tmp_path, capsys):
+    damaged = tmp_path / "run"
+    damaged.mkdir()
+    for path in run.iterdir():
+        if path.is_file():
+            (damaged / path.name).write_bytes(path.read_bytes())
+    (damaged / "README.md").write_bytes(b"\x08\x0a\x12\x07pytorch\x9e\x88")  # e.g. an ONNX file saved under that name
+    with pytest.raises(SystemExit):
+        main(["push", str(damaged), "--repo-id", "me/eanet-tiny", "--space", "--dry-run"])
+    assert capsys.readouterr().err.strip() == (f"error: {damaged / 'README.md'} is not UTF-8 text, so not a model "
+                                               "card: the Space needs the run's card")

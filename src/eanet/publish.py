@@ -39,7 +39,11 @@ def space_files(run: str | Path, requirement: str = "eanet[demo]") -> list[tuple
     ``requirements.txt``, and the run's card with the Space's front matter (``sdk: gradio``) added."""
     from eanet.demo import SPACE_APP
 
-    card = (Path(run) / "README.md").read_text()
+    try:
+        card = (Path(run) / "README.md").read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise EanetError(f"{Path(run) / 'README.md'} is not UTF-8 text, so not a model card: the Space needs the "
+                         "run's card") from None
     head, sep, rest = card.partition("---\n")
     front = "sdk: gradio\napp_file: app.py\npinned: false\n"
     card = f"---\n{front}{rest}" if head == "" and sep else f"---\n{front}---\n{card}"
