@@ -147,6 +147,21 @@ def test_config_json_that_is_not_a_model_config(finished, tmp_path, capsys):
             assert message in one_line_error(capsys, command), (name, command[0])
 
 
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("config.json", b"\x9e\x88\xff", "cannot read {f}: not UTF-8 text (byte 0x9e at position 0)"),
+    ("config.json", b"", "cannot read {f}: an empty file"),
+    ("results.json", b"\xff", "cannot read {f}: not UTF-8 text (byte 0xff at position 0)"),
+    ("results.json", b"  \n", "cannot read {f}: an empty file"),
+    ("metrics.csv", b"", "{f} lists no epochs: {run} is not a finished run"),
+])
+def test_a_damaged_run_file_is_named_by_compare(finished, tmp_path, capsys, name, content, message):
+    run = copy_of(finished, tmp_path / "run")
+    (run / name).write_bytes(content)
+    err = one_line_error(capsys, ["compare", str(run), "--out", str(tmp_path / "cmp")])
+    assert err == "error: " + message.format(f=run / name, run=run)
+    assert not (tmp_path / "cmp").exists()
+
+
 def test_weights_that_do_not_fit_are_named(finished, tmp_path, capsys):
     folder = copy_of(finished, tmp_path / "m")
     tensors = load_file(folder / "model.safetensors")

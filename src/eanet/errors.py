@@ -1,5 +1,7 @@
 """The one exception type the command line turns into a one-line message and a non-zero exit."""
 
+import json
+
 
 class EanetError(Exception):
     """A user-facing error: bad input, missing or corrupt data, an unusable file.
@@ -24,6 +26,10 @@ class DataError(EanetError):
 def one_line(exc: BaseException | str) -> str:
     """The first non-empty line of an exception's message, or its type name when it has none
     (``str(exc).splitlines()[0]`` fails on an empty message)."""
+    if isinstance(exc, UnicodeDecodeError):  # the codec's own words name neither the problem nor the fix
+        return f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at position {exc.start})"
+    if isinstance(exc, json.JSONDecodeError) and not exc.doc.strip():
+        return "an empty file"
     text = str(exc).strip()
     if not text:
         return type(exc).__name__ if isinstance(exc, BaseException) else ""

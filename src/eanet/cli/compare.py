@@ -33,6 +33,8 @@ def read_run(run_dir: Path) -> dict:
     results = folder.read_results()
     config = folder.read_config()
     history = folder.read_history()
+    if not history:
+        raise EanetError(f"{folder.metrics_csv} lists no epochs: {run_dir} is not a finished run")
     model = load_model(run_dir)
     return {
         "run": str(run_dir), "model": model.variant or f"{config.get('model')}-custom", "attention": model.attention,
