@@ -2,7 +2,8 @@
 
 For users coming from Keras: each section below is a section of the example, in the same order.
 Run it with ``python examples/keras_example.py`` (50 epochs take hours on a laptop CPU: pass
-``--epochs 2`` for a quick look; ``--max-steps`` stops even sooner).
+``--epochs 2`` for a quick look; ``--max-steps`` stops even sooner; ``--dataset synthetic`` needs no
+download).
 """
 
 import argparse
@@ -17,16 +18,18 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--epochs", type=int, default=50)
 parser.add_argument("--max-steps", type=int)
 parser.add_argument("--out", default="runs/keras-example")
+parser.add_argument("--dataset", default="cifar100", help="cifar100 as in the example; synthetic for a smoke test")
 args = parser.parse_args()
 
 # Prepare the data: CIFAR-100, 50,000 training and 10,000 test images, 100 classes.
 # (the example's validation_split=0.2 holds out the last 10,000 training images)
-ds = load_dataset("cifar100", val_fraction=0.2)
+ds = load_dataset(args.dataset, val_fraction=0.2)
 print(f"x_train shape: {tuple(ds.train.images.shape)} + validation {tuple(ds.val.images.shape)}")
 print(f"x_test shape: {tuple(ds.test.images.shape)}")
 
 # Configure the hyperparameters: they are the `keras-example` recipe (src/eanet/recipes/keras-example.yaml).
-config = resolve_config("keras-example", epochs=args.epochs, max_steps=args.max_steps, out=args.out)
+config = resolve_config("keras-example", dataset=args.dataset, epochs=args.epochs, max_steps=args.max_steps,
+                        out=args.out)
 print({k: getattr(config, k) for k in ("lr", "weight_decay", "label_smoothing", "batch_size", "epochs", "augment")})
 
 # The augmentation (Normalization, RandomFlip, RandomRotation, RandomContrast, RandomZoom) is the
@@ -61,8 +64,8 @@ print(f"Test accuracy: {round(test['top1'] * 100, 2)}%")
 print(f"Test top 5 accuracy: {round(test['top5'] * 100, 2)}%")
 
 # "You can train ViT under the same experimental conditions": the same recipe with vit_keras.
-vit_config = resolve_config("keras-example", model="vit_keras", epochs=args.epochs, max_steps=args.max_steps,
-                            out=f"{args.out}-vit")
+vit_config = resolve_config("keras-example", model="vit_keras", dataset=args.dataset, epochs=args.epochs,
+                            max_steps=args.max_steps, out=f"{args.out}-vit")
 vit = train(vit_config)
 print(f"ViT test accuracy: {round(vit.test['top1'] * 100, 2)}%, top 5: {round(vit.test['top5'] * 100, 2)}%")
 print(f"side by side: eanet compare {result.run_dir} {vit.run_dir}")
