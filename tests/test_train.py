@@ -132,12 +132,20 @@ def test_resume_after_sigkill_gives_the_same_weights(tmp_path):
     assert "continued" not in (straight / "README.md").read_text()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_ctrl_c_or_sigterm_stops_at_the_next_step_with_a_checkpoint_there(tmp_path, sig):
-    args = [*TINY, "--epochs", "6", "--jsonl"]
-    straight = tmp_path / "straight"
-    assert run_cli(["train", *args, "--out", str(straight)], tmp_path).returncode == 0
+SIX_EPOCHS = [*TINY, "--epochs", "6", "--jsonl"]
 
+
+@pytest.fixture(scope="module")
+def six_epochs(tmp_path_factory):
+    """An uninterrupted run of SIX_EPOCHS, to compare stopped and resumed runs with."""
+    root = tmp_path_factory.mktemp("six")
+    assert run_cli(["train", *SIX_EPOCHS, "--out", str(root / "straight")], root).returncode == 0
+    return root / "straight"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_stops_at_the_next_step_with_a_checkpoint_there(tmp_path, six_epochs, sig):
+    args, straight = SIX_EPOCHS, six_epochs
     stopped = tmp_path / "stopped"
     proc = subprocess.Popen([sys.executable, "-m", "eanet", "train", *args, "--out", str(stopped)],
                             env=env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
