@@ -149,3 +149,14 @@ def test_a_failed_start_leaves_nothing_behind(tmp_path, args):
     result = subprocess.run([sys.executable, "-m", "eanet", "train", *args], cwd=tmp_path, env=env(tmp_path),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and not (tmp_path / "runs").exists()  # the default run folder too
+
+
+@pytest.mark.parametrize("group", [[], ["data"]])
+def test_every_command_is_listed_with_a_whole_summary(capsys, group):
+    from eanet.cli import COMMANDS
+
+    main([*group, "--help"])
+    listing = capsys.readouterr().out.split("Commands:\n", 1)[1].splitlines()
+    names = [line.split()[0] for line in listing if line.startswith("  ") and not line.startswith("   ")]
+    assert names == (sorted(COMMANDS) if not group else ["check", "download"])
+    assert not any(line.rstrip().endswith("...") for line in listing), listing  # no summary cut short

@@ -23,7 +23,7 @@ def _blocks(spec: str | None, depth: int) -> list[int] | None:
     return blocks
 
 
-@click.command("attention")
+@click.command("attention", short_help="the memory units' attention maps, overlaid on images")
 @click.argument("model_dir")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="folder for the PNGs")

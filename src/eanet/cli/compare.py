@@ -92,7 +92,8 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-@click.command("compare", context_settings={"ignore_unknown_options": False})
+@click.command("compare", context_settings={"ignore_unknown_options": False},
+               short_help="runs side by side: one table, one overlay plot")
 @click.argument("runs", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--models", default="eanet_keras,vit_keras", show_default=True,
               help="models to train under identical settings (when no RUNS are given)")

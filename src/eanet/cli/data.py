@@ -13,12 +13,12 @@ data_dir_option = click.option(
 )
 
 
-@click.group("data")
+@click.group("data", short_help="download and verify datasets")
 def data_group():
     """Download and verify datasets."""
 
 
-@data_group.command("download")
+@data_group.command("download", short_help="fetch, verify and extract a dataset")
 @click.option("--dataset", type=DATASET_CHOICE, default="cifar100", show_default=True)
 @data_dir_option
 @click.option("--keep-archive", is_flag=True, help="keep the downloaded .tar.gz next to the extracted folder")
@@ -43,7 +43,7 @@ def download_cmd(dataset, data_dir, keep_archive, force, progress):
     click.echo(f"{spec.title} downloaded, extracted and verified: {source.path}")
 
 
-@data_group.command("check")
+@data_group.command("check", short_help="verify the data that is there")
 @click.option(
     "--dataset", type=click.Choice(["cifar100", "cifar10", "imagefolder"]), default="cifar100", show_default=True
 )

@@ -45,7 +45,7 @@ def evaluate_dir(path: Path, *, split: str = "test", dataset: str | None = None,
     return {"split": split, "dataset": ds.name, **result}
 
 
-@click.command("evaluate")
+@click.command("evaluate", short_help="loss, top-1 and top-5 of a run or saved model")
 @click.argument("path")
 @click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True)
 @click.option("--dataset", help="dataset (default: the run's, else cifar100)")

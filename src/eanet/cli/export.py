@@ -9,7 +9,7 @@ import click
 from eanet.hub import load_model
 
 
-@click.command("export")
+@click.command("export", short_help="a saved model as ONNX, checked with ONNX Runtime")
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), required=True, help="the .onnx file to write")
 @click.option("--opset", type=int, default=None,

@@ -10,7 +10,7 @@ import click
 from eanet.hub import load_model
 
 
-@click.command("predict")
+@click.command("predict", short_help="the top-5 classes of image files")
 @click.argument("model_dir")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--top-k", "-k", type=click.IntRange(min=1), default=5, show_default=True,

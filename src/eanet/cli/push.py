@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 
-@click.command("push")
+@click.command("push", short_help="publish a run on the Hugging Face Hub")
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("--repo-id", required=True, help="the Hub repository, user/name (created when missing)")
 @click.option("--private", is_flag=True, help="create the repository private")

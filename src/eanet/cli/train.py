@@ -90,7 +90,7 @@ def _equal(saved, requested) -> bool:
     return saved == requested
 
 
-@click.command("train")
+@click.command("train", short_help="train a model from a recipe; flags win")
 @click.option("--recipe", help=f"recipe name or YAML path (default cifar100-fast); known: {', '.join(list_recipes())}")
 @click.option("--model", help="registered model name (eanet models), built as registered: the recipe's "
               "model_args apply only to the recipe's own model")
