@@ -190,9 +190,10 @@ class Trainer:
         return self.finish()
 
     def interrupted(self, where: str) -> Interrupted:
-        signum = self.stop_request.signum or signal.SIGTERM  # another process of the run may have had it
-        return Interrupted(f"stopped by {signal.Signals(signum).name} {where}, with a checkpoint there: continue "
-                           f"with `eanet train --resume {self.folder}`", signum)
+        signum = self.stop_request.signum
+        name = signal.Signals(signum).name if signum else "a signal to another process of the run"
+        return Interrupted(f"stopped by {name} {where}, with a checkpoint there: continue with "
+                           f"`eanet train --resume {self.folder}`", signum or signal.SIGTERM)
 
     def setup_data(self) -> None:
         cfg, info = self.cfg, self.info
