@@ -55,16 +55,18 @@ def evaluate_dir(path: Path, *, split: str = "test", dataset: str | None = None,
 @click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option("--tta", type=click.Choice(TTA_MODES),
               help="test-time augmentation (default: the run's)")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto (the GPU when there is one), cpu, cuda, cuda:N")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @click.option("--revision", help="with a Hub repository id: the branch, tag or commit")
 def evaluate_cmd(path, split, dataset, data_dir, label_smoothing, batch_size, tta, device, as_json, revision) -> None:
     """Evaluate a run folder, saved model or Hub repository (user/name): loss, top-1, top-5, top-1 per coarse
     class."""
+    from eanet.devices import resolve_device
     from eanet.hub import resolve_model
 
     result = evaluate_dir(resolve_model(path, revision=revision), split=split, dataset=dataset, data_dir=data_dir,
-                          label_smoothing=label_smoothing, batch_size=batch_size, device=device, tta=tta)
+                          label_smoothing=label_smoothing, batch_size=batch_size, device=str(resolve_device(device)),
+                          tta=tta)
     if as_json:
         click.echo(json.dumps(result))
         return
