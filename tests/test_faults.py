@@ -124,6 +124,7 @@ def test_cuda_without_cuda_is_one_line(tmp_path, cache, capsys):
 ])
 def test_evaluate_refuses_bad_values(finished, capsys, args, message):
     assert message in one_line_error(capsys, ["evaluate", str(finished), *args], code=2)
+    assert "unknown device 'tpu'" in one_line_error(capsys, ["evaluate", str(finished), "--device", "tpu"], code=1)
 
 
 # ---- damaged files
