@@ -77,6 +77,8 @@ def test_benchmark_times_a_recipes_model_with_overrides(capsys):
 @pytest.mark.parametrize("args, message", [
     (["--model", "no_such_model"], "unknown model"),
     (["--device", "warp9"], "unknown device"),
+    (["--data", "--device", "warp9"], "unknown device"),
+    (["--scaling", "--device", "warp9"], "unknown device"),
     (["--batch-size", "0"], "batch size"),
     (["--scaling", "--tokens", "64,x"], "--tokens"),
     (["--set", "lr=0.1"], "model_args.KEY=VALUE only"),

@@ -15,6 +15,7 @@ import time
 import torch
 
 from eanet.augment import build_augmentation
+from eanet.benchmarks.model_speed import resolve_device
 from eanet.data import DeviceLoader, load_dataset
 from eanet.errors import DataError
 
@@ -40,7 +41,7 @@ def benchmark_data_path(
     steps: int = 40,
     repeats: int = 5,
     warmup: int = 5,
-    device: str = "cpu",
+    device: str = "auto",
     synthetic_size: int = 10_000,
 ) -> dict:
     """Images/second of loader + ``policy`` at ``batch_size``; the median of ``repeats`` runs of ``steps`` batches.
@@ -48,12 +49,13 @@ def benchmark_data_path(
     ``dataset``: ``"auto"`` (real CIFAR-100 if found without downloading, else synthetic),
     ``"cifar100"`` or ``"synthetic"``. Loading is timed separately (``load_seconds``).
     """
+    device = resolve_device(device)  # auto, cpu, cuda[:N]; anything else is named
     start = time.perf_counter()
     ds = _dataset(dataset, data_dir, synthetic_size)
     load_seconds = time.perf_counter() - start
     loader = DeviceLoader(ds.train, batch_size=batch_size, shuffle=True, drop_last=True, seed=0, device=device)
     augment = build_augmentation(policy, image_size=ds.image_size, num_classes=ds.num_classes)
-    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def run(epoch: int, n: int) -> float:
         sync()

@@ -36,7 +36,7 @@ def _mb(nbytes) -> str:
                    "take bf16 operands where the processor has bf16 dot products")
 @click.option("--compile/--no-compile", "use_compile", default=False, show_default=True,
               help="torch.compile the training loss and the inference forward")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N]")
+@click.option("--device", default="auto", show_default=True, help="auto (the GPU when there is one), cpu or cuda[:N]")
 @click.option("--warmup", type=int, default=None, help="untimed steps first (default 3; 1 with --scaling)")
 @click.option("--steps", type=int, default=5, show_default=True, help="steps per timed run")
 @click.option("--repeats", type=int, default=None,
