@@ -230,3 +230,25 @@ def test_a_checkpoint_from_before_commands_were_kept_still_resumes(tmp_path, cac
     main(["train", "--resume", str(run), "--quiet"])
     commands = json.loads((run / "results.json").read_text())["commands"]
     assert len(commands) == 1 and commands[0].endswith(f"--resume {run} --quiet")
+
+
+def test_resuming_a_finished_run_changes_nothing_and_says_so(tmp_path, cache, capsys):
+    run = tmp_path / "run"
+    main(["train", *TINY, "--epochs", "1", "--out", str(run), "--quiet"])
+    before = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    main(["train", "--resume", str(run)])
+    test = json.loads((run / "results.json").read_text())["test"]
+    assert capsys.readouterr().err.strip() == (f"{run} is finished (test top-1 {100 * test['top1']:.2f}%, top-5 "
+                                               f"{100 * test['top5']:.2f}%): nothing to continue, nothing changed")
+    assert {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_a_resumed_run_is_shown_as_this_command_asks(tmp_path, cache):
+    from eanet.cli.train import _resumed
+
+    run = tmp_path / "run"
+    main(["train", *TINY, "--epochs", "1", "--out", str(run), "--quiet"])  # saved with log: quiet
+    assert _resumed(run, {}, {}, None).log == "progress"
+    assert _resumed(run, {"log": "jsonl"}, {}, None).log == "jsonl"
+    assert _resumed(run, {"log": "quiet"}, {}, None).log == "quiet"

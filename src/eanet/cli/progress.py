@@ -36,7 +36,7 @@ class ConsoleReport:
 
     def __call__(self, kind: str, payload: dict) -> None:
         if self.mode == "jsonl":
-            if kind in ("epoch", "done"):
+            if kind in ("epoch", "done", "finished"):
                 row = {k: v for k, v in payload.items() if k != "epochs"}
                 print(json.dumps({"event": kind, **row}), flush=True)
         elif self.mode == "progress":
@@ -79,6 +79,11 @@ class ConsoleReport:
             self.bar.close()
             self.bar = None
         tqdm.write(epoch_line(p, p["epochs"]), file=sys.stdout)
+
+    def _finished(self, p: dict) -> None:
+        test = p["test"]
+        self._info(f"{p['run_dir']} is finished (test top-1 {100 * test['top1']:.2f}%, top-5 "
+                   f"{100 * test['top5']:.2f}%): nothing to continue, nothing changed")
 
     def _done(self, p: dict) -> None:
         test = p["test"]

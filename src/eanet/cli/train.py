@@ -76,6 +76,7 @@ def _resumed(run: Path, options: dict, sets: dict, recipe: str | None) -> TrainC
         raise EanetError("--resume continues a run with its saved configuration; cannot change " + "; ".join(
             f"{k} (saved {current[k]!r}, requested {requested[k]!r})" for k in differ))
     changes = {k: v for k, v in requested.items() if k in RESUMABLE_FIELDS}
+    changes["log"] = requested.get("log") or "progress"  # how this command shows the run, not how the last one did
     return TrainConfig.from_dict({**current, **changes}, source=str(folder.config_yaml))
 
 

@@ -2,7 +2,8 @@
 
 :func:`train` runs a :class:`~eanet.train.config.TrainConfig` and leaves a complete run folder (layout
 and rules: :mod:`eanet.run_folder`). It prints nothing: it reports through ``report(kind, payload)``
-(``"start"``, ``"resume"``, ``"budget"``, ``"epoch_start"``, ``"step"``, ``"epoch"``, ``"done"``), which the
+(``"start"``, ``"resume"``, ``"budget"``, ``"epoch_start"``, ``"step"``, ``"epoch"``, ``"done"``, and
+``"finished"`` when ``--resume`` finds the run already complete), which the
 command line turns into progress bars, summary lines or JSON.
 
 Exact resume: the data order depends only on (seed, epoch), and every other random number (dropout,
@@ -140,6 +141,10 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         state = None
+        if resume and folder.results_json.is_file():  # finished: results.json is the last file a run writes
+            results = folder.read_results()
+            self.report("finished", {"run_dir": str(folder), "test": results["test"]})
+            return RunResult(run_dir=folder.path, test=results["test"], history=folder.read_history())
         if resume:
             if info.is_main:
                 folder.claim_existing()
