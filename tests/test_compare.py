@@ -41,6 +41,29 @@ def test_compare_trains_both_models_and_tabulates(tmp_path):
     assert json.loads((out / "compare.json").read_text())["seed_groups"] == []  # two settings, no repeats
 
 
+def test_the_same_compare_again_continues_what_it_started(tmp_path):
+    out = tmp_path / "cmp"
+    tiny = [a for a in TINY if a not in ("--recipe", "keras-example", "--threads", "1")]
+    command = ["compare", "--models", "eanet_keras,vit_keras", *tiny, "--epochs", "1", "--out", str(out), "--quiet"]
+    assert run_cli(command, tmp_path).returncode == 0
+    first = json.loads((out / "compare.json").read_text())["runs"]
+    eanet_run = {p.name: p.read_bytes() for p in (out / "eanet_keras").iterdir() if p.is_file()}
+
+    # the ViT's run stopped after its last epoch, before its final evaluation: only that part runs again
+    for name in ("results.json", "model.safetensors", "README.md"):
+        (out / "vit_keras" / name).unlink()
+    again = run_cli(command, tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert (out / "vit_keras" / "results.json").is_file()
+    assert {p.name: p.read_bytes() for p in (out / "eanet_keras").iterdir() if p.is_file()} == eanet_run  # reused
+    second = json.loads((out / "compare.json").read_text())["runs"]
+    assert [(r["model"], r["test_top1"], r["epochs"]) for r in second] == \
+        [(r["model"], r["test_top1"], r["epochs"]) for r in first]
+
+    other = run_cli([*command[:-3], "--epochs", "2", "--out", str(out)], tmp_path)  # not what these runs were
+    assert other.returncode == 1 and "cannot change epochs (saved 1, requested 2)" in other.stderr
+
+
 def test_compare_refuses_an_unfinished_run(tmp_path):
     (tmp_path / "half").mkdir()
     result = run_cli(["compare", str(tmp_path / "half")], tmp_path)

@@ -111,26 +111,37 @@ def table(rows: list[dict]) -> str:
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/compare"), show_default=True)
 @click.option("--quiet", is_flag=True)
 def compare_cmd(runs, models, recipe, sets, out, quiet, **options) -> None:
-    """Compare finished RUNS, or train each of --models with one recipe and compare them."""
+    """Compare finished RUNS, or train each of --models with one recipe and compare them.
+
+    Flags mean what they do for `eanet train` (--epochs N trains N epochs). The same command again
+    continues what it started: finished runs in OUT are reused, a stopped one is resumed."""
     from eanet.plots import plot_comparison
 
     check_out(out)  # before any training
     if not runs:
         from eanet.cli.progress import ConsoleReport
-        from eanet.cli.train import _parse_sets
-        from eanet.train.config import resolve_config
+        from eanet.cli.train import _configure, _parse_sets, _resumed
         from eanet.train.trainer import train
 
         overrides = {k: v for k, v in options.items() if v is not None}
+        if quiet:
+            overrides["log"] = "quiet"
         set_values = _parse_sets(sets)
         runs = []
         for name in [m.strip() for m in models.split(",") if m.strip()]:
-            run_overrides = {**overrides, "model": name, "out": str(out / name), "log": "quiet" if quiet else None}
-            cfg = resolve_config(recipe or "keras-example", sets=set_values, **run_overrides)
+            run_dir = out / name
+            # the same command again continues what it started: a finished run is reused, a stopped one resumed
+            # (with the settings it was started with; a different one is refused by name)
+            started = (run_dir / "checkpoint-last.pt").is_file() or RunFolder(run_dir).results_json.is_file()
+            if started:
+                cfg = _resumed(run_dir, {**overrides, "model": name}, set_values, recipe or "keras-example")
+            else:
+                cfg = _configure(recipe or "keras-example", {**overrides, "model": name, "out": str(run_dir)},
+                                 set_values)
             report = ConsoleReport(cfg.log)
             try:
-                runs.append(train(cfg, command=f"eanet compare --models {models}", report=report,
-                                  progress=report.bars).run_dir)
+                runs.append(train(cfg, resume=run_dir if started else None, report=report, progress=report.bars,
+                                  command=f"eanet compare --models {models}").run_dir)
             finally:
                 report.close()
     rows = [read_run(Path(r)) for r in runs]
