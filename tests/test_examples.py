@@ -20,3 +20,34 @@ def test_the_keras_example_walkthrough_runs_end_to_end(tmp_path):
     for run in (out, tmp_path / "runs" / "keras-example-vit"):
         assert (run / "model.safetensors").is_file() and (run / "README.md").is_file()
     assert (out / "losses.png").is_file()
+
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+def test_the_readme_library_snippet_runs_as_written(tmp_path, monkeypatch):
+    snippet = README.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)  # it saves a model folder
+    namespace: dict = {}
+    exec(compile(snippet, "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
+    assert namespace["out"].shape == (2, 256, 64) and namespace["attn"].shape == (2, 256, 16, 16)
+    assert namespace["logits"].shape == (8, 100) and namespace["model"].num_classes == 10
+    assert len(namespace["maps"]) == 8 and (tmp_path / "my-eanet" / "model.safetensors").is_file()
+
+
+def test_the_readme_model_table_is_the_registry():
+    import re
+
+    import eanet
+    from eanet.models.inspect import count_macs, count_parameters
+
+    rows = re.findall(r"^\| (`[a-z0-9_]+`(?:, `[a-z0-9_]+`)*) \| .* \| ([\d,/ ]+) \| ([\d. M/]+) \|$", README, re.M)
+    listed = {}
+    for names, params, macs in rows:
+        for name, p, m in zip(re.findall(r"`(\w+)`", names), params.split("/"), macs.split("/"), strict=True):
+            listed[name] = (int(p.strip().replace(",", "")), m.strip())
+    assert sorted(listed) == sorted(eanet.list_models())
+    for name, (params, macs) in listed.items():
+        model = eanet.create_model(name)
+        assert params == count_parameters(model), name
+        assert macs == f"{count_macs(model) / 1e6:.1f} M", name
