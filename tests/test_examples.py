@@ -51,3 +51,13 @@ def test_the_readme_model_table_is_the_registry():
         model = eanet.create_model(name)
         assert params == count_parameters(model), name
         assert macs == f"{count_macs(model) / 1e6:.1f} M", name
+
+
+def test_the_readme_command_table_names_every_command():
+    import re
+
+    from eanet.cli import COMMANDS
+
+    table = README.split("## The command line", 1)[1].split("\n\n", 2)[1]
+    named = set(re.findall(r"`eanet ([a-z-]+)", table)) | set(re.findall(r", `eanet ([a-z-]+)", table))
+    assert named == set(COMMANDS)
