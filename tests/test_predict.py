@@ -204,3 +204,20 @@ def test_prediction_sees_the_pixels_training_saw(tmp_path):
     assert len(test_items) == len(decoded.test) == 12
     for (path, _), pixels in zip(test_items, decoded.test.images, strict=True):
         assert torch.equal(load_image(path, 32), pixels), path.name
+
+
+def test_a_folder_stands_for_the_images_inside_it(model_dir, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    (folder / "nested").mkdir(parents=True)
+    for name in ("b.png", "a.jpg", "c.PNG"):
+        Image.new("RGB", (20, 24), (30, 120, 200)).save(folder / name, format="JPEG" if name.endswith("jpg") else "PNG")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / ".hidden.png").write_bytes((folder / "b.png").read_bytes())
+    Image.new("RGB", (8, 8)).save(folder / "nested" / "d.png")  # not directly inside: left out
+    main(["predict", str(model_dir), str(folder), "--json"])
+    paths = [r["path"] for r in json.loads(capsys.readouterr().out)]
+    assert paths == [str(folder / name) for name in ("a.jpg", "b.png", "c.PNG")]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit):
+        main(["predict", str(model_dir), str(tmp_path / "empty")])
+    assert capsys.readouterr().err.strip().startswith(f"error: no images in {tmp_path / 'empty'} (looked for .bmp")

@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from eanet.data.images import decode_image
+from eanet.data.images import IMAGE_SUFFIXES, decode_image, images_in
 from eanet.errors import EanetError
 
-__all__ = ["Prediction", "load_image", "predict_images", "class_names"]
+__all__ = ["Prediction", "class_names", "expand_folders", "load_image", "predict_images"]
 
 BATCH_SIZE = 64  # images per forward pass
 
@@ -62,6 +62,24 @@ def class_names(model: nn.Module, num_classes: int) -> list[str]:
     if names is not None and len(names) == num_classes:
         return [str(n) for n in names]
     return [f"class_{i}" for i in range(num_classes)]
+
+
+def expand_folders(paths: Iterable[str | Path]) -> list[Path]:
+    """``paths`` with each folder replaced by the images directly inside it (:func:`~eanet.data.images.images_in`,
+    sorted); a folder without images is refused by name."""
+    out = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            try:
+                found = images_in(path)
+            except OSError as exc:
+                raise EanetError(f"cannot read {path}: {exc.strerror or exc}") from None
+            if not found:
+                raise EanetError(f"no images in {path} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+            out.extend(found)
+        else:
+            out.append(path)
+    return out
 
 
 def _chunks(items: Sequence, n: int) -> Iterator[Sequence]:

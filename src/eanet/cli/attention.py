@@ -35,19 +35,21 @@ def attention_cmd(model_dir: str, images: tuple[Path, ...], out: Path, blocks: s
                   revision: str | None) -> None:
     """Overlay each block's attention maps on IMAGE: the mean map and the TOP units with the most mass.
 
-    One PNG per image, OUT/<image name>-attention.png, titled with the predicted class. For external
-    attention the maps are the memory units' weights over the token grid (after the double
-    normalisation); for self-attention, each head's attention received per token, averaged over queries.
+    A folder stands for the images directly inside it. One PNG per image, OUT/<image name>-attention.png,
+    titled with the predicted class. For external attention the maps are the memory units' weights over
+    the token grid (after the double normalisation); for self-attention, each head's attention received
+    per token, averaged over queries.
     """
     import torch
 
     from eanet.fileio import check_overwrite, is_eanet_png
     from eanet.hub import load_model
     from eanet.plots import plot_attention
-    from eanet.predict import class_names, load_image
+    from eanet.predict import class_names, expand_folders, load_image
 
     model = load_model(model_dir, revision=revision)
     chosen = _blocks(blocks, len(model.blocks))
+    images = expand_folders(images)  # a folder: the images directly inside it
     targets = [out / f"{path.stem}-attention.png" for path in images]
     if len(set(targets)) != len(targets):
         raise EanetError("two images share a file name; give them different names")

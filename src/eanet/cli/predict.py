@@ -20,17 +20,18 @@ from eanet.hub import load_model
 @click.pass_context
 def predict_cmd(ctx: click.Context, model_dir: str, images: tuple[Path, ...], top_k: int, as_json: bool,
                 revision: str | None) -> None:
-    """Classify IMAGE files with the model saved in MODEL_DIR (a folder, or a Hub repository id user/name).
+    """Classify IMAGE files (a folder stands for the images directly inside it) with the model saved in
+    MODEL_DIR (a folder, or a Hub repository id user/name).
 
     Any image Pillow reads works: it is converted to RGB (transparency composited on white, 16-bit
     rescaled) and the whole image is resized to the model's input size with antialiased bicubic
     resampling, without cropping. An unreadable file is reported on stderr and the others are still
     classified; the exit status is 1 if any image failed.
     """
-    from eanet.predict import predict_images
+    from eanet.predict import expand_folders, predict_images
 
     model = load_model(model_dir, revision=revision)
-    results = predict_images(model, images, top_k=top_k)
+    results = predict_images(model, expand_folders(images), top_k=top_k)
     if as_json:
         for result in results:
             if not result.ok:

@@ -29,8 +29,8 @@ from eanet.progress import bar as progress_bar
 
 __all__ = ["IMAGE_SUFFIXES", "RESIZE_MODES", "scan", "decode_image", "load_imagefolder"]
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 RESIZE_MODES = images.RESIZE_MODES
+IMAGE_SUFFIXES = images.IMAGE_SUFFIXES
 LAYOUT = "expected train/<class>/*.png|jpg and test/<class>/..."
 
 

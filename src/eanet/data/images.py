@@ -40,7 +40,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from eanet.errors import DataError, one_line
 
-__all__ = ["DECODER_VERSION", "RESIZE_MODES", "decode_image"]
+__all__ = ["DECODER_VERSION", "IMAGE_SUFFIXES", "RESIZE_MODES", "decode_image", "images_in"]
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+
+def images_in(folder: str | Path) -> list[Path]:
+    """The image files directly inside ``folder`` (by suffix, hidden files skipped), sorted by name."""
+    return sorted(f for f in Path(folder).iterdir()
+                  if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".") and f.is_file())
 
 RESAMPLE = Image.Resampling.BICUBIC
 REDUCING_GAP = 3.0
