@@ -9,6 +9,7 @@ download).
 import argparse
 
 import eanet
+from eanet.cli.progress import ConsoleReport
 from eanet.data import load_dataset
 from eanet.evaluate import evaluate
 from eanet.models.inspect import count_parameters
@@ -41,7 +42,9 @@ print(f"EANet: {count_parameters(model):,} trainable parameters")
 
 # Train on CIFAR-100: model.compile + model.fit become one call that also writes the run folder
 # (metrics.csv, curves.png, TensorBoard, checkpoints, the saved model and its model card).
-result = train(config)
+# The library prints nothing; the command line's reporter shows bars and one line per epoch, as fit() does.
+report = ConsoleReport("progress")
+result = train(config, report=report, progress=report.bars)
 history = result.history
 
 # Visualize the training progress: the run folder's curves.png is the example's plot; drawn again here.
@@ -66,6 +69,6 @@ print(f"Test top 5 accuracy: {round(test['top5'] * 100, 2)}%")
 # "You can train ViT under the same experimental conditions": the same recipe with vit_keras.
 vit_config = resolve_config("keras-example", model="vit_keras", dataset=args.dataset, epochs=args.epochs,
                             max_steps=args.max_steps, out=f"{args.out}-vit")
-vit = train(vit_config)
+vit = train(vit_config, report=report, progress=report.bars)
 print(f"ViT test accuracy: {round(vit.test['top1'] * 100, 2)}%, top 5: {round(vit.test['top5'] * 100, 2)}%")
 print(f"side by side: eanet compare {result.run_dir} {vit.run_dir}")

@@ -1,5 +1,6 @@
 """The scripts in examples/ run as their docstrings say (on synthetic data, a step or two)."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ def test_the_keras_example_walkthrough_runs_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "EANet: 361,380 trainable parameters" in proc.stdout
     assert "Test accuracy:" in proc.stdout and "ViT test accuracy:" in proc.stdout
+    assert len(re.findall(r"^Epoch 1/\d+ - .* - val_accuracy: ", proc.stdout, re.M)) == 2  # as fit() prints them
     for run in (out, tmp_path / "runs" / "keras-example-vit"):
         assert (run / "model.safetensors").is_file() and (run / "README.md").is_file()
     assert (out / "losses.png").is_file()
@@ -36,8 +38,6 @@ def test_the_readme_library_snippet_runs_as_written(tmp_path, monkeypatch):
 
 
 def test_the_readme_model_table_is_the_registry():
-    import re
-
     import eanet
     from eanet.models.inspect import count_macs, count_parameters
 
@@ -54,8 +54,6 @@ def test_the_readme_model_table_is_the_registry():
 
 
 def test_the_readme_command_table_names_every_command():
-    import re
-
     from eanet.cli import COMMANDS
 
     table = README.split("## The command line", 1)[1].split("\n\n", 2)[1]
