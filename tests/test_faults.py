@@ -194,6 +194,7 @@ def test_resume_refuses_damaged_state_and_changes_nothing(finished, tmp_path, ca
     ]
     for i, (name, content, message) in enumerate(cases):
         folder = copy_of(finished, tmp_path / f"run{i}")
+        (folder / "results.json").unlink()  # stopped before its final evaluation: a resume would finish it
         if isinstance(content, dict):
             torch.save(content, folder / name)
         else:
@@ -208,6 +209,7 @@ def test_resume_refuses_damaged_state_and_changes_nothing(finished, tmp_path, ca
 
 def test_a_killed_writers_leftovers_are_removed_and_its_lock_taken_over(finished, tmp_path, capsys):
     folder = copy_of(finished, tmp_path / "run")
+    (folder / "results.json").unlink()  # stopped before its final evaluation: a resume finishes it
     (folder / ".checkpoint-last.pt.0123456789ab.tmp").write_bytes(b"torn")
     (folder / ".lock").write_text("99999999\n")  # a dead process's pid: flock is free
     main(["train", "--resume", str(folder), "--quiet"])

@@ -11,7 +11,7 @@ import yaml
 import eanet
 from eanet.models import model_spec
 from eanet.models.inspect import count_parameters
-from eanet.train.config import RECIPES_DIR, list_recipes, resolve_config
+from eanet.train.config import RECIPES_DIR, TrainConfig, list_recipes, resolve_config
 
 
 def test_the_budget_recipes_ship():
@@ -51,7 +51,9 @@ def _what_it_trains(config: dict) -> dict:
     """A run's configuration as the network and schedule it defines: the model as its full constructor
     arguments (a run named ``eanet_keras`` + ``model_args`` before the budget variants had names is the
     same network as ``eanet_conv_medium``), and a budget run's warmup as its share of the steps (``epochs:
-    16`` with ``warmup_epochs: 1`` under a time budget is ``warmup_fraction: 0.0625``)."""
+    16`` with ``warmup_epochs: 1`` under a time budget is ``warmup_fraction: 0.0625``). A field the run's
+    config.yaml lacks was added since, and the run trained as its default says (``init_from: null``)."""
+    config = {**TrainConfig().to_dict(), **config}
     config = {k: v for k, v in config.items() if k not in RUN_FIELDS}
     spec = model_spec(config["model"])
     defaults = {n: p.default for n, p in inspect.signature(spec.cls).parameters.items()}

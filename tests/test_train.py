@@ -227,6 +227,7 @@ def test_a_checkpoint_from_before_commands_were_kept_still_resumes(tmp_path, cac
     given = ["train", *TINY, "--epochs", "1", "--out", str(run), "--quiet"]  # main()'s words, not pytest's
     assert state.pop("commands") == ["eanet " + " ".join(shlex.quote(w) for w in given)]
     torch.save(state, run / "checkpoint-last.pt")
+    (run / "results.json").unlink()  # stopped before its final evaluation: a resume finishes it
     main(["train", "--resume", str(run), "--quiet"])
     commands = json.loads((run / "results.json").read_text())["commands"]
     assert len(commands) == 1 and commands[0].endswith(f"--resume {run} --quiet")
@@ -252,3 +253,60 @@ def test_a_resumed_run_is_shown_as_this_command_asks(tmp_path, cache):
     assert _resumed(run, {}, {}, None).log == "progress"
     assert _resumed(run, {"log": "jsonl"}, {}, None).log == "jsonl"
     assert _resumed(run, {"log": "quiet"}, {}, None).log == "quiet"
+
+
+# ---- fine-tuning: --init-from a saved model
+
+def _tensors(run) -> dict:
+    return eanet.load_model(run).state_dict()
+
+
+def test_init_from_trains_the_saved_model_from_its_weights_with_a_new_head(tmp_path, cache, capsys):
+    from fakedata import write_image_folder
+
+    source = tmp_path / "source"
+    main(["train", *TINY, "--epochs", "1", "--out", str(source), "--quiet"])  # 10 classes, a custom width
+    folder = write_image_folder(tmp_path / "photos", per_class=4)  # 3 other classes
+    tuned = tmp_path / "tuned"
+    # a learning rate of 1e-9 moves no weight by more than ~1e-9 in one step: what it starts from shows
+    main(["train", "--init-from", str(source), "--dataset", "imagefolder", "--data-dir", str(folder), "--recipe",
+          "keras-example", "--batch-size", "4", "--max-steps", "1", "--lr", "1e-9", "--out", str(tuned)])
+    assert f"starting from {source}: " in capsys.readouterr().err
+    before, after = _tensors(source), _tensors(tuned)
+    assert after["head.weight"].shape == (3, 16) and before["head.weight"].shape == (10, 16)
+    for name, tensor in after.items():
+        if not name.startswith("head."):
+            torch.testing.assert_close(tensor, before[name], atol=1e-6, rtol=0, msg=name)  # input statistics too
+    config = yaml.safe_load((tuned / "config.yaml").read_text())
+    assert config["init_from"] == str(source) and config["model"] == "eanet_keras"
+    assert config["model_args"] == {"depth": 1, "embed_dim": 16, "num_heads": 4, "mlp_dim": 16}
+    assert f"starting from the weights of `{source}`" in (tuned / "README.md").read_text()
+
+    # a run stopped after its training resumes without its starting point: the checkpoint holds the weights
+    for name in ("results.json", "model.safetensors", "README.md"):
+        (tuned / name).unlink()
+    (source / "model.safetensors").unlink()
+    main(["train", "--resume", str(tuned), "--quiet"])
+    assert (tuned / "results.json").is_file()
+
+
+def test_init_from_with_the_same_classes_keeps_the_head(tmp_path, cache):
+    source, tuned = tmp_path / "source", tmp_path / "tuned"
+    main(["train", *TINY, "--epochs", "1", "--out", str(source), "--quiet"])
+    main(["train", "--init-from", str(source), "--dataset", "synthetic", "--recipe", "keras-example", "--max-steps",
+          "1", "--lr", "1e-9", "--batch-size", "32", "--out", str(tuned), "--quiet"])
+    torch.testing.assert_close(_tensors(tuned)["head.weight"], _tensors(source)["head.weight"], atol=1e-6, rtol=0)
+
+
+def test_init_from_refuses_another_model_and_a_missing_source(tmp_path, cache, capsys):
+    source = tmp_path / "source"
+    main(["train", *TINY, "--epochs", "1", "--out", str(source), "--quiet"])
+    for args, message in (
+        (["--init-from", str(source), "--model", "vit_keras"],
+         f"{source} holds model eanet_keras: a run started from it trains eanet_keras, not vit_keras"),
+        (["--init-from", str(tmp_path / "nowhere")], f"model folder not found: {tmp_path / 'nowhere'}"),
+    ):
+        with pytest.raises(SystemExit):
+            main(["train", "--dataset", "synthetic", *args, "--out", str(tmp_path / "x")])
+        assert capsys.readouterr().err.strip().endswith(message)
+        assert not (tmp_path / "x").exists()

@@ -174,7 +174,10 @@ def write_model_card(model_dir: str | Path, *, run_name: str, model: nn.Module, 
 
     attention = getattr(model, "attention", "external")
     top1, top5 = round(100 * test_metrics["top1"], 2), round(100 * test_metrics["top5"], 2)
+    start = config.get("init_from")
+    hub_start = isinstance(start, str) and not Path(start).exists() and REPO_ID.match(start) is not None
     data = ModelCardData(
+        base_model=start if hub_start else None,
         model_name=run_name, library_name="eanet", license="apache-2.0", pipeline_tag="image-classification",
         tags=["image-classification", f"{attention}-attention", "eanet", "pytorch", "arxiv:2105.02358"],
         datasets=[HUB_DATASETS[dataset_id]] if dataset_id in HUB_DATASETS else None, metrics=["accuracy"],
@@ -195,7 +198,8 @@ def write_model_card(model_dir: str | Path, *, run_name: str, model: nn.Module, 
     body = f"""
 # {run_name}
 
-{_what_it_is(model)}, {parameters:,} trainable parameters, trained on {dataset} with the `eanet` package.
+{_what_it_is(model)}, {parameters:,} trainable parameters, trained on {dataset} with the `eanet` package{
+f", starting from the weights of `{start}`" if start else ""}.
 Its token mixer is {mixer}.
 
 ## Results on the {dataset} test split

@@ -56,6 +56,10 @@ class ConsoleReport:
                    f"{p['train']:,} train, {p['val']:,} val, {p['test']:,} test | {p['device']} x{p['processes']} | "
                    f"{p['steps_per_epoch']} steps/epoch")
 
+    def _init(self, p: dict) -> None:
+        head = f"a new head for its {p['classes']} classes" if p["new_head"] else "its head too (the same classes)"
+        self._info(f"starting from {p['source']}: {p['tensors']} tensors, {head}")
+
     def _resume(self, p: dict) -> None:
         self._info(f"resuming {p['run_dir']} at epoch {p['epoch']}, step {p['step']} of {p['steps_per_epoch']}")
 

@@ -95,6 +95,8 @@ def _equal(saved, requested) -> bool:
 @click.option("--recipe", help=f"recipe name or YAML path (default cifar100-fast); known: {', '.join(list_recipes())}")
 @click.option("--model", help="registered model name (eanet models), built as registered: the recipe's "
               "model_args apply only to the recipe's own model")
+@click.option("--init-from", help="fine-tune: start from this saved model's weights (a folder, run or Hub id "
+              "user/name) and train its architecture; a new head unless the classes are the same")
 @click.option("--dataset", help="cifar100, cifar10, imagefolder or synthetic")
 @click.option("--data-dir", help="where the dataset is (else $EANET_DATA_DIR, else the user cache)")
 @click.option("--val-fraction", type=float, help="last fraction of the training set held out (0: none)")

@@ -23,7 +23,7 @@ from eanet.validation import check_range, check_type, describe
 
 __all__ = [
     "DATA_ARGS", "MAX_PARAMETERS", "ModelSpec", "check_model_args", "create_model", "list_models", "model_spec",
-    "identify_variant", "register_model", "set_variant", "variant_label",
+    "identify_variant", "register_model", "registered_args", "set_variant", "variant_label",
 ]
 
 # constructor arguments that follow the data, not the architecture
@@ -89,6 +89,12 @@ def _same(a, b) -> bool:
 def _architecture(cls: type, args: dict) -> dict:
     defaults, _ = _constructor(cls)
     return {k: v for k, v in {**defaults, **args}.items() if k not in DATA_ARGS}
+
+
+def registered_args(name: str) -> dict:
+    """Every constructor argument of the variant ``name``: the class's defaults with the variant's own on top."""
+    spec = model_spec(name)
+    return {**_constructor(spec.cls)[0], **spec.config}
 
 
 def identify_variant(cls: type, args: dict) -> str | None:

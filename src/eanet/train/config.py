@@ -27,6 +27,7 @@ class TrainConfig:
     recipe: str = "custom"
     model: str = "eanet_keras"
     model_args: dict = field(default_factory=dict)  # overrides of the registered variant
+    init_from: str | None = None  # start from a saved model's weights (folder, run or Hub id): fine-tuning
     dataset: str = "cifar100"
     data_dir: str | None = None
     val_fraction: float = 0.2  # the Keras example's validation_split: the LAST 20% of the training arrays
@@ -202,12 +203,47 @@ def load_recipe(name_or_path: str) -> dict:
     return data
 
 
+def model_of(init_from: str) -> tuple[str, dict]:
+    """The registered name and ``model_args`` that build the architecture of the saved model ``init_from``
+    (a folder, run folder or Hub id): what a run started from it trains."""
+    from eanet.hub import read_config, resolve_model
+    from eanet.models.registry import DATA_ARGS, registered_args, variant_label
+
+    folder = resolve_model(init_from)
+    saved = read_config(folder)
+    variant = saved.get("variant")
+    name = variant.removesuffix("-custom") if isinstance(variant, str) else None
+    if name is None:
+        raise EanetError(f"{folder / 'config.json'} names no variant: eanet cannot tell which model it is")
+    registered = registered_args(name)
+    args = {k: v for k, v in saved.items() if k not in DATA_ARGS and k not in ("architecture", "variant")
+            and _jsonable(v) != _jsonable(registered.get(k))}
+    if variant_label(name, args) != variant:
+        raise EanetError(f"{folder / 'config.json'}: its arguments do not make a {variant}")
+    return name, args
+
+
+def _jsonable(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
 def resolve_config(recipe: str | dict | None = None, *, sets: dict | None = None, **overrides) -> TrainConfig:
     """Recipe (a name, a file, or its loaded fields), then the non-``None`` ``overrides`` on top, then
     ``sets`` (``--set key=value``) as given, ``None`` included (``--set time_budget=null`` removes a
-    recipe's budget): the run's full configuration."""
+    recipe's budget): the run's full configuration.
+
+    With ``init_from`` the model is the saved one's (:func:`model_of`) in place of the recipe's; a ``model``
+    asked for must be that one, and ``model_args`` asked for apply on top."""
     data = dict(recipe) if isinstance(recipe, dict) else load_recipe(recipe or DEFAULT_RECIPE)
     given = [(k, v) for k, v in overrides.items() if v is not None] + list((sets or {}).items())
+    init_from = dict(given).get("init_from", data.get("init_from"))
+    if init_from is not None:
+        check_type("init_from", "init_from", init_from, str)
+        name, args = model_of(init_from)
+        asked = dict(given).get("model")
+        if asked is not None and asked != name:
+            raise EanetError(f"{init_from} holds model {name}: a run started from it trains {name}, not {asked}")
+        data.update(model=name, model_args=args)
     for key, value in given:
         if key in ("model_args", "augment_args") and isinstance(value, dict):
             data[key] = {**data.get(key, {}), **value}

@@ -31,7 +31,7 @@ from eanet.data import DeviceLoader, load_dataset
 from eanet.devices import resolve_device
 from eanet.errors import EanetError, Interrupted, one_line
 from eanet.evaluate import TTA_VIEWS, describe_tta, evaluate, soft_cross_entropy, topk_correct
-from eanet.hub import save_model, write_model_card
+from eanet.hub import load_model, save_model, write_model_card
 from eanet.models import create_model
 from eanet.models.inspect import count_parameters
 from eanet.models.registry import variant_label
@@ -153,7 +153,7 @@ class Trainer:
         elif info.is_main:
             folder.check_new()
         self.setup_data()
-        self.setup_model()
+        self.setup_model(start_from=cfg.init_from if state is None else None)  # a checkpoint holds its own
         self.progress = Progress(total_steps=min(self.step_cap, (cfg.epochs or PROVISIONAL_EPOCHS)
                                                  * self.steps_per_epoch))
         if state is not None:
@@ -222,13 +222,16 @@ class Trainer:
         self.step_cap = min(n for n in (cfg.epochs and cfg.epochs * self.steps_per_epoch, cfg.max_steps, 10**12)
                             if n)
 
-    def setup_model(self) -> None:
+    def setup_model(self, start_from: str | None = None) -> None:
         """The model (input normalisation adapted like Keras' ``Normalization.adapt(x_train)``: all training
-        arrays, the held-out validation part included; no labels are involved), optimizer and EMA."""
+        arrays, the held-out validation part included; no labels are involved), optimizer and EMA.
+        ``start_from``: a saved model whose weights it starts from (:meth:`load_start`)."""
         cfg, ds, device = self.cfg, self.ds, self.device
         self.model = model = create_model(cfg.model, num_classes=ds.num_classes, img_size=ds.image_size,
                                           class_names=list(ds.classes), **cfg.model_args)
         model.set_input_stats(*ds.channel_stats())
+        if start_from is not None:
+            self.load_start(start_from)
         model.to(device)
         self.params = count_parameters(model)
         # fused: one kernel for all parameters instead of a loop of small ops (the same update)
@@ -241,6 +244,26 @@ class Trainer:
             forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
         self.forward = forward
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+
+    def load_start(self, source: str) -> None:
+        """Fine-tuning: every tensor of the saved model ``source`` (its input normalisation included, which its
+        weights were trained with), except the head when the classes are not the same ones, in order."""
+        model = self.model
+        start = load_model(source)
+        saved, own = start.state_dict(), model.state_dict()
+        same_classes = list(getattr(start, "class_names", None) or []) == list(self.ds.classes)
+        taken = {}
+        for name, tensor in own.items():
+            if name.startswith("head.") and not same_classes:
+                continue
+            if name not in saved or saved[name].shape != tensor.shape:
+                found = list(saved[name].shape) if name in saved else "nothing"
+                raise EanetError(f"cannot start from {source}: {name} is {found} there and {list(tensor.shape)} "
+                                 f"here (a different image size or number of channels?)")
+            taken[name] = saved[name]
+        model.load_state_dict(taken, strict=False)
+        self.report("init", {"source": source, "tensors": len(taken), "new_head": not same_classes,
+                             "classes": self.ds.num_classes})
 
     def make_budget(self, *, calibrated: bool) -> TimeBudget | None:
         cfg, ds = self.cfg, self.ds
