@@ -206,15 +206,20 @@ def load_recipe(name_or_path: str) -> dict:
 def model_of(init_from: str) -> tuple[str, dict]:
     """The registered name and ``model_args`` that build the architecture of the saved model ``init_from``
     (a folder, run folder or Hub id): what a run started from it trains."""
-    from eanet.hub import read_config, resolve_model
-    from eanet.models.registry import DATA_ARGS, registered_args, variant_label
+    from eanet.hub import ARCHITECTURES, read_config, resolve_model
+    from eanet.models.registry import DATA_ARGS, identify_variant, registered_args, variant_label
 
     folder = resolve_model(init_from)
     saved = read_config(folder)
     variant = saved.get("variant")
-    name = variant.removesuffix("-custom") if isinstance(variant, str) else None
-    if name is None:
-        raise EanetError(f"{folder / 'config.json'} names no variant: eanet cannot tell which model it is")
+    if not isinstance(variant, str):  # saved before config.json named its variant: a registered one, or unknown
+        cls = ARCHITECTURES.get(saved.get("architecture", "EANet"))
+        variant = cls and identify_variant(cls, {k: v for k, v in saved.items() if k not in ("architecture",
+                                                                                              "variant")})
+    if not variant:
+        raise EanetError(f"{folder / 'config.json'} is no registered model's architecture: eanet cannot tell "
+                         "which model to train")
+    name = variant.removesuffix("-custom")
     registered = registered_args(name)
     args = {k: v for k, v in saved.items() if k not in DATA_ARGS and k not in ("architecture", "variant")
             and _jsonable(v) != _jsonable(registered.get(k))}
