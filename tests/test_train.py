@@ -310,3 +310,14 @@ def test_init_from_refuses_another_model_and_a_missing_source(tmp_path, cache, c
             main(["train", "--dataset", "synthetic", *args, "--out", str(tmp_path / "x")])
         assert capsys.readouterr().err.strip().endswith(message)
         assert not (tmp_path / "x").exists()
+
+
+def test_init_from_a_model_of_another_image_size_names_the_tensor(tmp_path, cache, capsys):
+    eanet.create_model("eanet_keras", depth=1, img_size=48, num_classes=10).save_pretrained(tmp_path / "big")
+    with pytest.raises(SystemExit):
+        main(["train", "--init-from", str(tmp_path / "big"), "--dataset", "synthetic", "--recipe", "keras-example",
+              "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: cannot start from {tmp_path / 'big'}: pos_embed")
+    assert "(a different image size" in err
+    assert not (tmp_path / "x").exists()
