@@ -34,14 +34,19 @@ REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # user/name, as the Hub w
 DOWNLOADED = ["config.json", "model.safetensors", "README.md", "config.yaml"]
 
 
+def is_repo_id(name: str | Path) -> bool:
+    """Whether ``name`` means a Hub repository: it looks like ``user/name`` and is not a local path (it does not
+    exist, and its first part is not a local folder: a typo in runs/NAME must not become a download)."""
+    return (not Path(name).exists() and REPO_ID.match(str(name)) is not None
+            and not Path(str(name).split("/")[0]).is_dir())
+
+
 def resolve_model(name: str | Path, *, revision: str | None = None) -> Path:
     """A local folder as it is, or a Hub repository id (``user/name``) downloaded through the Hugging Face
     cache (``HF_HUB_OFFLINE=1`` uses the cache alone). ``user/name`` is a local path when ``user/`` is a
     local folder. Errors are one :class:`EanetError` line."""
     path = Path(name)
-    # a local path: it exists, it cannot be a repository id, or its first part is a local folder (a typo in
-    # runs/NAME must not become a download)
-    if path.exists() or not REPO_ID.match(str(name)) or Path(str(name).split("/")[0]).is_dir():
+    if not is_repo_id(name):
         if revision is not None:
             raise EanetError(f"--revision applies to a Hub repository id, and {name} is a local path")
         return path
@@ -175,9 +180,8 @@ def write_model_card(model_dir: str | Path, *, run_name: str, model: nn.Module, 
     attention = getattr(model, "attention", "external")
     top1, top5 = round(100 * test_metrics["top1"], 2), round(100 * test_metrics["top5"], 2)
     start = config.get("init_from")
-    hub_start = isinstance(start, str) and not Path(start).exists() and REPO_ID.match(start) is not None
     data = ModelCardData(
-        base_model=start if hub_start else None,
+        base_model=start if isinstance(start, str) and is_repo_id(start) else None,
         model_name=run_name, library_name="eanet", license="apache-2.0", pipeline_tag="image-classification",
         tags=["image-classification", f"{attention}-attention", "eanet", "pytorch", "arxiv:2105.02358"],
         datasets=[HUB_DATASETS[dataset_id]] if dataset_id in HUB_DATASETS else None, metrics=["accuracy"],

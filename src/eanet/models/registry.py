@@ -23,7 +23,7 @@ from eanet.validation import check_range, check_type, describe
 
 __all__ = [
     "DATA_ARGS", "MAX_PARAMETERS", "ModelSpec", "check_model_args", "create_model", "list_models", "model_spec",
-    "identify_variant", "register_model", "registered_args", "set_variant", "variant_label",
+    "identify_variant", "overrides_of", "register_model", "set_variant", "variant_label",
 ]
 
 # constructor arguments that follow the data, not the architecture
@@ -91,10 +91,12 @@ def _architecture(cls: type, args: dict) -> dict:
     return {k: v for k, v in {**defaults, **args}.items() if k not in DATA_ARGS}
 
 
-def registered_args(name: str) -> dict:
-    """Every constructor argument of the variant ``name``: the class's defaults with the variant's own on top."""
+def overrides_of(name: str, args: dict) -> dict:
+    """The architecture arguments in ``args`` that differ from the variant ``name`` as registered (data
+    arguments aside): what ``create_model(name, **overrides)`` needs to build ``args``' architecture."""
     spec = model_spec(name)
-    return {**_constructor(spec.cls)[0], **spec.config}
+    registered = _architecture(spec.cls, spec.config)
+    return {k: v for k, v in _architecture(spec.cls, args).items() if not _same(v, registered.get(k))}
 
 
 def identify_variant(cls: type, args: dict) -> str | None:

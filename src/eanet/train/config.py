@@ -207,7 +207,7 @@ def model_of(init_from: str) -> tuple[str, dict]:
     """The registered name and ``model_args`` that build the architecture of the saved model ``init_from``
     (a folder, run folder or Hub id): what a run started from it trains."""
     from eanet.hub import ARCHITECTURES, read_config, resolve_model
-    from eanet.models.registry import DATA_ARGS, identify_variant, registered_args, variant_label
+    from eanet.models.registry import identify_variant, overrides_of, variant_label
 
     folder = resolve_model(init_from)
     saved = read_config(folder)
@@ -220,16 +220,10 @@ def model_of(init_from: str) -> tuple[str, dict]:
         raise EanetError(f"{folder / 'config.json'} is no registered model's architecture: eanet cannot tell "
                          "which model to train")
     name = variant.removesuffix("-custom")
-    registered = registered_args(name)
-    args = {k: v for k, v in saved.items() if k not in DATA_ARGS and k not in ("architecture", "variant")
-            and _jsonable(v) != _jsonable(registered.get(k))}
+    args = overrides_of(name, {k: v for k, v in saved.items() if k not in ("architecture", "variant")})
     if variant_label(name, args) != variant:
         raise EanetError(f"{folder / 'config.json'}: its arguments do not make a {variant}")
     return name, args
-
-
-def _jsonable(value):
-    return list(value) if isinstance(value, tuple) else value
 
 
 def resolve_config(recipe: str | dict | None = None, *, sets: dict | None = None, **overrides) -> TrainConfig:
