@@ -1,6 +1,7 @@
 """`eanet compare`: EANet and ViT trained under identical settings, one table, one overlay plot."""
 
 import json
+import shutil
 import statistics
 
 import pytest
@@ -39,6 +40,23 @@ def test_compare_trains_both_models_and_tabulates(tmp_path):
                                                                              .read_text())["runs"]]
     assert first == second
     assert json.loads((out / "compare.json").read_text())["seed_groups"] == []  # two settings, no repeats
+
+    # published results folders carry no weights: the architecture comes from config.yaml, checked against the
+    # parameter count results.json records
+    published = []
+    for name in ("eanet_keras", "vit_keras"):
+        published.append(tmp_path / "published" / name)
+        shutil.copytree(out / name, published[-1],
+                        ignore=shutil.ignore_patterns("*.safetensors", "config.json", "checkpoint*", "tensorboard"))
+    third = run_cli(["compare", *map(str, published), "--out", str(tmp_path / "third")], tmp_path)
+    assert third.returncode == 0, third.stderr
+    assert [{k: v for k, v in r.items() if k != "run"} for r in json.loads((tmp_path / "third" / "compare.json")
+                                                                           .read_text())["runs"]] == first
+    config = published[1] / "config.yaml"
+    config.write_text(config.read_text().replace("depth: 1", "depth: 2"))
+    wrong = run_cli(["compare", *map(str, published), "--out", str(tmp_path / "fourth")], tmp_path)
+    assert wrong.returncode == 1 and "config.yaml describes a model of" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
 
 
 def test_the_same_compare_again_continues_what_it_started(tmp_path):

@@ -35,7 +35,10 @@ def read_run(run_dir: Path) -> dict:
     history = folder.read_history()
     if not history:
         raise EanetError(f"{folder.metrics_csv} lists no epochs: {run_dir} is not a finished run")
-    model = load_model(run_dir)
+    if (run_dir / "model.safetensors").is_file():
+        model = load_model(run_dir)
+    else:
+        model = architecture_of(folder, config, results)
     return {
         "run": str(run_dir), "model": model.variant or f"{config.get('model')}-custom", "attention": model.attention,
         "parameters": count_parameters(model), "macs_per_image": count_macs(model),
@@ -46,6 +49,31 @@ def read_run(run_dir: Path) -> dict:
         "epochs": len(history), "seed": config.get("seed"), "history": history,
         "setting": {k: v for k, v in config.items() if k not in RUN_ONLY_FIELDS},
     }
+
+
+# the classes and image size a model trained on a named dataset has: enough to rebuild its architecture
+# (``synthetic`` as ``eanet train`` makes it); an image folder's classes are known only from the weights
+DATASET_SHAPES = {"cifar100": (100, 32), "cifar10": (10, 32), "synthetic": (10, 32)}
+
+
+def architecture_of(folder: RunFolder, config: dict, results: dict):
+    """The architecture a folder without weights (a published results folder) describes, from its config.yaml:
+    parameters and multiply-adds need no weights. Its parameter count must equal the one results.json records."""
+    from eanet.models import create_model
+    from eanet.models.inspect import count_parameters
+
+    shape = DATASET_SHAPES.get(config.get("dataset"))
+    if shape is None:
+        raise EanetError(f"{folder.path} has no model.safetensors, and its architecture on dataset "
+                         f"{config.get('dataset')!r} cannot be rebuilt without it")
+    num_classes, img_size = shape
+    model = create_model(config.get("model"), num_classes=num_classes, img_size=img_size,
+                         **(config.get("model_args") or {}))
+    counted = count_parameters(model)
+    if results.get("parameters") not in (None, counted):
+        raise EanetError(f"{folder.path}: config.yaml describes a model of {counted:,} parameters, results.json "
+                         f"one of {results['parameters']:,}")
+    return model
 
 
 # config fields that say where and how a run ran, not what it trained: runs that differ only in these
