@@ -48,8 +48,12 @@ def test_benchmark_bf16_and_threads(capsys):
     assert result["dtype"] == "bf16" and result["threads"] == 1
     assert result["train_images_per_second"] > 0 and result["inference_images_per_second"] > 0
     assert result["train_peak_memory_bytes"] is None
-    # the fraction of peak is against the bf16 matrix-product peak, and the report says which kernels ran
-    assert result["matmul_peak_dtype"] == "bf16" and 0 < result["train_fraction_of_peak"] < 1
+    # the fraction of peak is against the bf16 matrix-product peak (the fp32 one on a processor whose bf16
+    # products are emulated and slower), and the report says which kernels ran
+    from eanet.layers.kernels.gate import _bf16_dot_products
+
+    assert result["matmul_peak_dtype"] in (("bf16",) if _bf16_dot_products() else ("bf16", "fp32"))
+    assert 0 < result["train_fraction_of_peak"] < 1
     expected = "bf16" if fused_mod.fused_kernels_available() and fused_mod.bf16_kernels_available() else "off"
     assert result["kernel_precision"] == expected
 

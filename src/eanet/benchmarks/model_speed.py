@@ -348,10 +348,16 @@ def benchmark_model(
     count_images, count_labels = images[:2], labels[:2]
     train_flops = model_flops_per_image(net, train=True, images=count_images, labels=count_labels)
     infer_flops = model_flops_per_image(net, train=False, images=count_images)
-    peak = matmul_peak_flops(amp_dtype, size=peak_size, device=dev)
+    peak, peak_dtype = matmul_peak_flops(amp_dtype, size=peak_size, device=dev), dtype
+    if dtype == "bf16" and dev.type == "cpu":
+        # without bf16 dot products (AVX512-BF16, AMX) bf16 products are emulated, slower than fp32 ones, and
+        # bf16 work runs in fp32 kernels: the machine's peak in this mode is then the fp32 one
+        fp32_peak = matmul_peak_flops(torch.float32, size=peak_size, device=dev)
+        if fp32_peak > peak:
+            peak, peak_dtype = fp32_peak, "fp32"
     result.update(
         train_flops_per_image=train_flops, inference_flops_per_image=infer_flops,
-        matmul_peak_flops=peak, matmul_peak_dtype=dtype, matmul_peak_size=peak_size,
+        matmul_peak_flops=peak, matmul_peak_dtype=peak_dtype, matmul_peak_size=peak_size,
         train_achieved_flops=train_flops * result["train_images_per_second"],
         inference_achieved_flops=infer_flops * result["inference_images_per_second"],
     )
