@@ -60,3 +60,17 @@ def test_only_the_command_line_talks_to_people():
         bad += [f"{path.relative_to(SRC)} imports {name}" for name in imported(tree)
                 if name.split(".")[0] in TALKING_MODULES]
     assert not bad, bad
+
+
+def test_starting_is_cheap():
+    """``import eanet`` loads no PyTorch (its names load their modules on first use), and the layers load
+    no ``torch._dynamo`` (1-2 s of every command's start) until something compiles."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, eanet; assert 'torch' not in sys.modules, 'import eanet loaded torch'; "
+             "import eanet.layers; assert 'torch' in sys.modules; "
+             "assert 'torch._dynamo' not in sys.modules, 'eanet.layers loaded torch._dynamo'; "
+             "assert eanet.create_model is eanet.models.create_model")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

@@ -135,3 +135,40 @@ def test_vit_macs_include_attention():
     per_block_attention = 2 * 4 * 256 * 256 * 64  # q k^T and A v, 4 heads of 64
     without = 8 * (256 * 64 * 768 + 256 * 256 * 64 + 2 * 256 * 64 * 64) + 196_608 + 6_400
     assert count_macs(model) == without + 8 * per_block_attention
+
+
+@pytest.mark.parametrize("name", ["eanet_keras", "vit_keras"])
+def test_torch_compile_traces_the_model_in_one_graph(name):
+    """The kernel gates are constants to ``torch.compile`` (as ``torch.compiler.assume_constant_result``
+    makes them, without importing ``torch._dynamo`` when eanet is imported): the whole training step traces
+    as one graph, with the same loss and gradients as eager mode."""
+    from eanet.layers.kernels import build, gate
+
+    def marked(fn):
+        return {k: v for k, v in vars(fn).items() if k.startswith("_dynamo")}
+
+    def probe():
+        return True
+
+    assert marked(build.fused_kernels_available) == marked(torch.compiler.assume_constant_result(probe))
+    assert marked(gate.bf16_kernels_available) == marked(probe)
+
+    torch.manual_seed(0)
+    model = eanet.create_model(name).train()
+    x = torch.randn(4, 3, 32, 32)
+    y = torch.tensor([0, 1, 2, 3])
+
+    def step(images):
+        return torch.nn.functional.cross_entropy(model(images), y)
+
+    losses, grads = [], []
+    for run in (step, torch.compile(step, backend="eager", fullgraph=True)):
+        torch.manual_seed(1)  # the same dropout masks
+        model.zero_grad()
+        loss = run(x)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append([p.grad.clone() for p in model.parameters()])
+    torch.testing.assert_close(losses[1], losses[0])
+    for got, want in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(got, want)

@@ -17,11 +17,19 @@ import torch
 
 from eanet.switches import switched_off
 
-__all__ = ["CSRC", "draw_seed", "empty_like", "fused_kernels_available"]
+__all__ = ["CSRC", "constant_when_compiled", "draw_seed", "empty_like", "fused_kernels_available"]
 
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 _STATE: dict = {"loaded": None}
 _LOCK = threading.Lock()
+
+
+def constant_when_compiled(fn):
+    """Mark ``fn`` as ``torch.compiler.assume_constant_result`` does: ``torch.compile`` calls it once, at
+    tracing time, and uses its result as a constant. Set here without importing ``torch._dynamo``, which
+    that function does and which costs 1-2 s at every start of the command-line tool."""
+    fn._dynamo_marked_constant = True
+    return fn
 
 
 def _build_flags() -> list[str]:
@@ -52,7 +60,7 @@ def _load() -> bool:
     return hasattr(torch.ops.eanet_fused, "ea_forward")
 
 
-@torch._dynamo.assume_constant_result  # torch.compile: decided (and built) once, at tracing time
+@constant_when_compiled  # torch.compile: decided (and built) once, at tracing time
 def fused_kernels_available() -> bool:
     """Whether the C++ kernels are usable, building them on the first call in a fresh environment
     (15-30 s; cached under ``torch.utils.cpp_extension``'s build directory, ``$TORCH_EXTENSIONS_DIR`` or

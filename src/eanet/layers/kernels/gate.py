@@ -26,7 +26,7 @@ import functools
 import torch
 from torch import nn
 
-from eanet.layers.kernels.build import fused_kernels_available
+from eanet.layers.kernels.build import constant_when_compiled, fused_kernels_available
 from eanet.switches import switched_off
 
 __all__ = ["bf16_kernels_available", "counting_flops", "exporting", "kernel_precision", "unobserved", "use_kernels"]
@@ -41,7 +41,7 @@ def exporting() -> bool:
     return bool(is_exporting is not None and is_exporting())
 
 
-@torch._dynamo.assume_constant_result  # torch.compile: decided once, at tracing time
+@constant_when_compiled  # torch.compile: decided once, at tracing time
 def bf16_kernels_available() -> bool:
     """The processor has bf16 dot-product instructions (x86 AVX512-BF16 or AMX) and ``EANET_BF16_KERNELS``
     does not say 0: the kernels' bf16 mode is then several times faster than their fp32 mode. Elsewhere

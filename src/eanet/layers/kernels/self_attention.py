@@ -29,7 +29,7 @@ def _sa_op(qkv: torch.Tensor, heads: int, scale: float, p: float,
 @_sa_op.register_fake
 def _(qkv, heads, scale, p, bf16):
     batch, tokens, width = qkv.shape
-    return (qkv.newempty_like(batch, tokens, width // 3), qkv.newempty_like(batch, heads, tokens),
+    return (qkv.new_empty((batch, tokens, width // 3)), qkv.new_empty((batch, heads, tokens)),
             torch.empty((), dtype=torch.int64))
 
 
