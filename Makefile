@@ -15,8 +15,11 @@ $(STAMP): pyproject.toml
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# Two test processes (pytest-xdist) where there are two cores: many tests wait on a child process, a signal
+# or a clock, and the second fills that time. Not more: training in a test already uses every core, and
+# more processes would crowd the tests that time a run.
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses 2
 
 train: $(STAMP)
 	$(VENV)/bin/eanet train
