@@ -188,6 +188,11 @@ def test_cli_predict_bad_model_dir(tmp_path, images, capsys):
         main(["predict", str(tmp_path / "nowhere"), str(images["rgb"])])
     assert info.value.code == 1
     assert capsys.readouterr().err.strip().splitlines() == [f"error: model folder not found: {tmp_path / 'nowhere'}"]
+    with pytest.raises(SystemExit) as info:  # a registered name is not a trained model: the message says so
+        main(["predict", "eanet_keras", str(images["rgb"])])
+    assert info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: eanet_keras names an architecture, not a trained model")
 
 
 def test_prediction_sees_the_pixels_training_saw(tmp_path):

@@ -20,7 +20,7 @@ from torch import nn
 
 from eanet.errors import EanetError, one_line
 from eanet.fileio import atomic_write_text
-from eanet.models import EANet, model_spec
+from eanet.models import EANet, list_models, model_spec
 from eanet.models.registry import check_model_args, identify_variant, set_variant
 
 __all__ = ["ARCHITECTURES", "check_finite", "load_model", "read_config", "resolve_model", "save_model",
@@ -66,6 +66,9 @@ def read_config(model_dir: str | Path) -> dict:
     """The ``config.json`` of a saved model, checked to be present, readable and a mapping."""
     path = Path(model_dir) / "config.json"
     if not Path(model_dir).is_dir():
+        if str(model_dir) in list_models():
+            raise EanetError(f"{model_dir} names an architecture, not a trained model: give a run folder, a saved "
+                             f"model folder or a Hub repository id (eanet train --model {model_dir} trains one)")
         raise EanetError(f"model folder not found: {model_dir}")
     if not path.is_file():
         raise EanetError(f"{model_dir} is not a saved model: it has no config.json")
