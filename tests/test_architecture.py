@@ -2,6 +2,9 @@
 may talk to people."""
 
 import ast
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -63,14 +66,20 @@ def test_only_the_command_line_talks_to_people():
 
 
 def test_starting_is_cheap():
-    """``import eanet`` loads no PyTorch (its names load their modules on first use), and the layers load
-    no ``torch._dynamo`` (1-2 s of every command's start) until something compiles."""
-    import subprocess
-    import sys
-
-    probe = ("import sys, eanet; assert 'torch' not in sys.modules, 'import eanet loaded torch'; "
-             "import eanet.layers; assert 'torch' in sys.modules; "
-             "assert 'torch._dynamo' not in sys.modules, 'eanet.layers loaded torch._dynamo'; "
-             "assert eanet.create_model is eanet.models.create_model")
+    """``import eanet`` and ``eanet --help`` load no PyTorch (the package's names load their modules on first
+    use, the command list comes from ``eanet.cli.COMMANDS``), and the layers load no ``torch._dynamo`` (1-2 s
+    of every command's start) until something compiles."""
+    probe = textwrap.dedent("""
+        import contextlib, io, sys
+        import eanet
+        assert "torch" not in sys.modules, "import eanet loaded torch"
+        from eanet.cli import main
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            main(["--help"])
+        assert "train" in out.getvalue() and "torch" not in sys.modules, "eanet --help loaded torch"
+        import eanet.layers
+        assert "torch" in sys.modules and "torch._dynamo" not in sys.modules, "eanet.layers loaded torch._dynamo"
+        assert eanet.create_model is eanet.models.create_model
+    """)
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

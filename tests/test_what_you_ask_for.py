@@ -160,3 +160,8 @@ def test_every_command_is_listed_with_a_whole_summary(capsys, group):
     names = [line.split()[0] for line in listing if line.startswith("  ") and not line.startswith("   ")]
     assert names == (sorted(COMMANDS) if not group else ["check", "download"])
     assert not any(line.rstrip().endswith("...") for line in listing), listing  # no summary cut short
+    if not group:  # each line is the command's own short help (the listing is written without loading them)
+        from eanet.cli import cli
+
+        own = {name: " ".join(cli.get_command(None, name).get_short_help_str(200).split()) for name in names}
+        assert [" ".join(line.split()[1:]) for line in listing if line.strip()] == [own[n] for n in names]

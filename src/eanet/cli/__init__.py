@@ -17,27 +17,37 @@ import click
 from eanet.cpu_memory import keep_freed_memory
 from eanet.errors import EanetError, Interrupted, one_line
 
-# (module, attribute) of every sub-command; imported lazily so `eanet --help` stays fast.
+# (module, attribute, summary) of every sub-command. A command's module is imported when the command runs;
+# `eanet --help` lists the summaries from here, so it loads no PyTorch and answers at once.
 COMMANDS = {
-    "models": ("eanet.cli.models", "models_cmd"),
-    "summary": ("eanet.cli.models", "summary_cmd"),
-    "import-keras": ("eanet.cli.models", "import_keras_cmd"),
-    "data": ("eanet.cli.data", "data_group"),
-    "train": ("eanet.cli.train", "train_cmd"),
-    "evaluate": ("eanet.cli.evaluate", "evaluate_cmd"),
-    "predict": ("eanet.cli.predict", "predict_cmd"),
-    "attention": ("eanet.cli.attention", "attention_cmd"),
-    "push": ("eanet.cli.push", "push_cmd"),
-    "serve": ("eanet.cli.serve", "serve_cmd"),
-    "compare": ("eanet.cli.compare", "compare_cmd"),
-    "export": ("eanet.cli.export", "export_cmd"),
-    "benchmark": ("eanet.cli.benchmark", "benchmark_cmd"),
+    "models": ("eanet.cli.models", "models_cmd", "the registered models: parameters, multiply-adds"),
+    "summary": ("eanet.cli.models", "summary_cmd", "a model's layer table"),
+    "import-keras": ("eanet.cli.models", "import_keras_cmd", "weights saved by the Keras example's code"),
+    "data": ("eanet.cli.data", "data_group", "download and verify datasets"),
+    "train": ("eanet.cli.train", "train_cmd", "train a model from a recipe; flags win"),
+    "evaluate": ("eanet.cli.evaluate", "evaluate_cmd", "loss, top-1 and top-5 of a run or saved model"),
+    "predict": ("eanet.cli.predict", "predict_cmd", "the top-5 classes of image files"),
+    "attention": ("eanet.cli.attention", "attention_cmd", "the memory units' attention maps, overlaid on images"),
+    "push": ("eanet.cli.push", "push_cmd", "publish a run on the Hugging Face Hub"),
+    "serve": ("eanet.cli.serve", "serve_cmd", "the web demo of a saved model"),
+    "compare": ("eanet.cli.compare", "compare_cmd", "runs side by side: one table, one overlay plot"),
+    "export": ("eanet.cli.export", "export_cmd", "a saved model as ONNX, checked with ONNX Runtime"),
+    "benchmark": ("eanet.cli.benchmark", "benchmark_cmd", "training and inference img/s; --scaling: cost against N"),
 }
+
+
+def summary(name: str) -> str:
+    """The one-line summary of command ``name``: its ``short_help``, and its line in ``eanet --help``."""
+    return COMMANDS[name][2]
 
 
 class LazyGroup(click.Group):
     def list_commands(self, ctx):
         return sorted(COMMANDS)
+
+    def format_commands(self, ctx, formatter):
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, summary(name)) for name in self.list_commands(ctx)])
 
     def get_command(self, ctx, name):
         return self._find(name)
@@ -48,7 +58,7 @@ class LazyGroup(click.Group):
         (:mod:`eanet.extras`), so a missing extra is said when the command is used, never hidden."""
         if name not in COMMANDS:
             return None
-        module, attr = COMMANDS[name]
+        module, attr, _ = COMMANDS[name]
         return getattr(importlib.import_module(module), attr)
 
 

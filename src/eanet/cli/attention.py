@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from eanet.cli import summary
 from eanet.errors import EanetError
 
 
@@ -23,7 +24,7 @@ def _blocks(spec: str | None, depth: int) -> list[int] | None:
     return blocks
 
 
-@click.command("attention", short_help="the memory units' attention maps, overlaid on images")
+@click.command("attention", short_help=summary("attention"))
 @click.argument("model_dir")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="folder for the PNGs")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from eanet.cli import summary
 from eanet.errors import EanetError
 
 
@@ -24,7 +25,7 @@ def _mb(nbytes) -> str:
     return "n/a" if nbytes is None else f"{nbytes / 1e6:.1f} MB"
 
 
-@click.command("benchmark", short_help="training and inference img/s; --scaling: cost against N")
+@click.command("benchmark", short_help=summary("benchmark"))
 @click.option("--model", "model_name", default=None, help="registered model to time (default eanet_keras)")
 @click.option("--recipe", default=None, help="time this training recipe's model (its model and model_args)")
 @click.option("--set", "sets", multiple=True, metavar="model_args.KEY=VALUE", help="override one model argument")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from eanet.cli import summary
 from eanet.errors import EanetError
 from eanet.fileio import atomic_write_text, check_overwrite
 from eanet.run_folder import RunFolder
@@ -121,7 +122,7 @@ def table(rows: list[dict]) -> str:
 
 
 @click.command("compare", context_settings={"ignore_unknown_options": False},
-               short_help="runs side by side: one table, one overlay plot")
+               short_help=summary("compare"))
 @click.argument("runs", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--models", default="eanet_keras,vit_keras", show_default=True,
               help="models to train under identical settings (when no RUNS are given)")

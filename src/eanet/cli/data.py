@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from eanet.cli import summary
+
 DATASET_CHOICE = click.Choice(["cifar100", "cifar10"])
 data_dir_option = click.option(
     "--data-dir",
@@ -13,7 +15,7 @@ data_dir_option = click.option(
 )
 
 
-@click.group("data", short_help="download and verify datasets")
+@click.group("data", short_help=summary("data"))
 def data_group():
     """Download and verify datasets."""
 

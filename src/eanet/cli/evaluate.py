@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from eanet.cli import summary
 from eanet.errors import EanetError
 from eanet.evaluate import TTA_MODES
 
@@ -45,7 +46,7 @@ def evaluate_dir(path: Path, *, split: str = "test", dataset: str | None = None,
     return {"split": split, "dataset": ds.name, **result}
 
 
-@click.command("evaluate", short_help="loss, top-1 and top-5 of a run or saved model")
+@click.command("evaluate", short_help=summary("evaluate"))
 @click.argument("path")
 @click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True)
 @click.option("--dataset", help="dataset (default: the run's, else cifar100)")

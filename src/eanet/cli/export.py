@@ -6,10 +6,11 @@ from pathlib import Path
 
 import click
 
+from eanet.cli import summary
 from eanet.hub import load_model
 
 
-@click.command("export", short_help="a saved model as ONNX, checked with ONNX Runtime")
+@click.command("export", short_help=summary("export"))
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), required=True, help="the .onnx file to write")
 @click.option("--opset", type=int, default=None,

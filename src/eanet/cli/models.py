@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from eanet.cli import summary
 from eanet.errors import EanetError
 from eanet.models import create_model, list_models, model_spec
 from eanet.models.inspect import count_macs, count_parameters, layer_table
@@ -24,7 +25,7 @@ def _model_or_folder(name: str):
     return load_model(name)
 
 
-@click.command("models", short_help="the registered models: parameters, multiply-adds")
+@click.command("models", short_help=summary("models"))
 @click.argument("pattern", default="*")
 def models_cmd(pattern: str) -> None:
     """List the registered models with parameters and multiply-adds per 32x32 image."""
@@ -38,7 +39,7 @@ def models_cmd(pattern: str) -> None:
                    f"{model_spec(name).description}")
 
 
-@click.command("summary", short_help="a model's layer table")
+@click.command("summary", short_help=summary("summary"))
 @click.argument("name")
 def summary_cmd(name: str) -> None:
     """Print the layer table of model NAME, or of the model saved in a folder (a run folder included)."""
@@ -73,7 +74,7 @@ def _check_model_out(out: Path) -> None:
                          "it; give --out a new or empty folder")
 
 
-@click.command("import-keras", short_help="weights saved by the Keras example's code")
+@click.command("import-keras", short_help=summary("import-keras"))
 @click.argument("weights", type=click.Path(path_type=Path))
 @click.option("--model", "model_name", type=click.Choice(["eanet_keras", "vit_keras"]), default="eanet_keras",
               show_default=True, help="which of the Keras example's models the weights belong to")

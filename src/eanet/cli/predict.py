@@ -7,10 +7,11 @@ from pathlib import Path
 
 import click
 
+from eanet.cli import summary
 from eanet.hub import load_model
 
 
-@click.command("predict", short_help="the top-5 classes of image files")
+@click.command("predict", short_help=summary("predict"))
 @click.argument("model_dir")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--top-k", "-k", type=click.IntRange(min=1), default=5, show_default=True,

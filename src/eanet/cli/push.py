@@ -6,8 +6,10 @@ from pathlib import Path
 
 import click
 
+from eanet.cli import summary
 
-@click.command("push", short_help="publish a run on the Hugging Face Hub")
+
+@click.command("push", short_help=summary("push"))
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("--repo-id", required=True, help="the Hub repository, user/name (created when missing)")
 @click.option("--private", is_flag=True, help="create the repository private")

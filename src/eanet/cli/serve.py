@@ -6,6 +6,7 @@ import socket
 
 import click
 
+from eanet.cli import summary
 from eanet.errors import EanetError
 
 
@@ -22,7 +23,7 @@ def _check_free(host: str, port: int) -> None:
         raise EanetError(f"cannot listen on {host}:{port}: {reason}; give --port or --host another value") from None
 
 
-@click.command("serve", short_help="the web demo of a saved model")
+@click.command("serve", short_help=summary("serve"))
 @click.argument("model")
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
 @click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 import yaml
 
+from eanet.cli import summary
 from eanet.errors import EanetError
 from eanet.run_folder import RunFolder
 from eanet.train.checkpoint import RESUMABLE_FIELDS
@@ -91,7 +92,7 @@ def _equal(saved, requested) -> bool:
     return saved == requested
 
 
-@click.command("train", short_help="train a model from a recipe; flags win")
+@click.command("train", short_help=summary("train"))
 @click.option("--recipe", help=f"recipe name or YAML path (default cifar100-fast); known: {', '.join(list_recipes())}")
 @click.option("--model", help="registered model name (eanet models), built as registered: the recipe's "
               "model_args apply only to the recipe's own model")
